@@ -1,0 +1,14 @@
+"""llava_compare: fine-tune multi-image LLaVA-style models that compare images.
+
+Importing the package registers ``LlavaCompareConfig`` / ``LlavaCompareForConditionalGeneration``
+/ ``LlavaCompareProcessor`` with transformers' Auto classes.
+"""
+
+from .model import (  # noqa: F401  (import registers the Auto classes)
+    ImageTokenMismatchError,
+    LlavaCompareConfig,
+    LlavaCompareForConditionalGeneration,
+    LlavaCompareProcessor,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,134 @@
+"""Conversation builder: messages -> token ids + labels (labels on assistant tokens only).
+
+Uses the LM tokenizer's own chat template when it has one (so a Llama-3 or Qwen2 run speaks its
+native format), vicuna_v1 (LLaVA-1.5's) otherwise. Writes the ``Image k: `` marker before the k-th
+image unless the dataset already labels its images (``Sample.has_markers``) or markers are off.
+Images stay as one ``<image>`` token each here; the processor expands them afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .sample import IMAGE_PLACEHOLDER, DataError, Message, Sample
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def insert_markers(messages: list[Message], template: str | None) -> list[Message]:
+    """Put ``template.format(k=k)`` before the k-th placeholder (k counts across the dialogue)."""
+    if not template:
+        return messages
+    counter = iter(range(1, 10_000))
+    out = []
+    for m in messages:
+        text = re.sub(re.escape(IMAGE_PLACEHOLDER),
+                      lambda _: template.format(k=next(counter)) + IMAGE_PLACEHOLDER, m.content)
+        out.append(Message(m.role, text))
+    return out
+
+
+class ConversationBuilder:
+    """Renders a ``Sample`` into ids/labels with one template, chosen once per tokenizer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: str = "auto",
+                 marker_template: str | None = "Image {k}: ", system: str | None = None):
+        if template == "auto":
+            template = "chat" if getattr(tokenizer, "chat_template", None) else "vicuna_v1"
+        if template not in ("chat", "vicuna_v1"):
+            raise ValueError(f"unknown conversation template {template!r}; valid: auto, chat, vicuna_v1")
+        self.tokenizer, self.template, self.marker_template = tokenizer, template, marker_template
+        self.system = system
+
+    # --- rendering into (text, trainable) segments -------------------------------------------------
+    def _messages(self, sample: Sample) -> list[Message]:
+        if sample.num_placeholders != len(sample.images):
+            raise DataError(f"{sample.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
+                            f"{len(sample.images)} images", sample.id, "placeholder_count")
+        if not any(m.role == "assistant" and m.content.strip() for m in sample.messages):
+            raise DataError("no non-empty assistant turn to learn from", sample.id, "empty_assistant")
+        return sample.messages if sample.has_markers else insert_markers(sample.messages, self.marker_template)
+
+    def _vicuna_segments(self, messages: list[Message]) -> list[tuple[str, bool]]:
+        default = VICUNA_SYSTEM if self.system is None else self.system
+        system = next((m.content for m in messages if m.role == "system"), default)
+        segs: list[tuple[str, bool]] = []
+        pending = system
+        for m in messages:
+            if m.role == "user":
+                # LLaVA's vicuna_v1: "SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT: ..."
+                pending += (" " if pending else "") + f"USER: {m.content} ASSISTANT:"
+            elif m.role == "assistant":
+                segs.append((pending, False))
+                segs.append((f" {m.content}{self.tokenizer.eos_token}", True))
+                pending = ""
+        if pending:
+            segs.append((pending, False))
+        return segs
+
+    def _chat_segments(self, messages: list[Message]) -> list[tuple[str, bool]]:
+        # Prefix difference: what rendering message i adds to the prompt that ends with the
+        # generation header is exactly that assistant turn (content + end-of-turn tokens).
+        dicts = [{"role": m.role, "content": m.content} for m in messages]
+        render = lambda msgs, gen: self.tokenizer.apply_chat_template(  # noqa: E731
+            msgs, tokenize=False, add_generation_prompt=gen)
+        segs: list[tuple[str, bool]] = []
+        done = ""
+        for i, m in enumerate(dicts):
+            if m["role"] != "assistant":
+                continue
+            prompt, full = render(dicts[:i], True), render(dicts[: i + 1], False)
+            if not (prompt.startswith(done) and full.startswith(prompt)):
+                raise ValueError("the tokenizer's chat template is not prefix-stable; use "
+                                 "data.conversation_template=vicuna_v1")
+            segs += [(prompt[len(done):], False), (full[len(prompt):], True)]
+            done = full
+        return segs
+
+    def segments(self, messages: list[Message]) -> list[tuple[str, bool]]:
+        if self.template == "chat":
+            return self._chat_segments(messages)
+        return self._vicuna_segments(messages)
+
+    # --- tokenisation ---------------------------------------------------------------------------
+    def _tokenize(self, segs: list[tuple[str, bool]]) -> Encoded:
+        ids: list[int] = []
+        labels: list[int] = []
+        if self.template == "vicuna_v1" and self.tokenizer.bos_token_id is not None:
+            ids, labels = [self.tokenizer.bos_token_id], [IGNORE]
+        for text, trainable in segs:
+            if not text:
+                continue
+            piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if trainable else [IGNORE] * len(piece)
+        return Encoded(ids, labels)
+
+    def encode(self, sample: Sample) -> Encoded:
+        """All turns; labels on assistant content and its end-of-turn token only."""
+        return self._tokenize(self.segments(self._messages(sample)))
+
+    def encode_prompt(self, sample: Sample) -> list[int]:
+        """Everything before the final assistant answer, ending with the assistant header:
+        the input for ``generate()`` or for scoring answer options."""
+        msgs = self._messages(sample)
+        last = max(i for i, m in enumerate(msgs) if m.role == "assistant")
+        segs = self.segments(msgs[:last] + [Message("assistant", "x")])
+        return self._tokenize(segs[:-1]).input_ids
+
+    def encode_answer(self, answer: str) -> list[int]:
+        """Token ids of an assistant answer as they follow ``encode_prompt`` (with end token)."""
+        sample = Sample("answer", [Message("user", "q"), Message("assistant", answer)])
+        enc = self.encode(sample)
+        return [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE]

@@ -1,0 +1,87 @@
+"""``LlavaCompareProcessor``: tokenizer + CLIP image processor, image-token expansion.
+
+Each ``<image>`` becomes exactly ``tokens_per_image`` placeholder ids; that number comes from the
+model config's compressor (passed in at construction and saved with the processor), never from a
+constant here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from transformers import BatchFeature, ProcessorMixin
+
+from .sample import IMAGE_PLACEHOLDER
+
+
+def load_image(image: Any) -> Image.Image:
+    """A path or a PIL image -> RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as im:
+        return im.convert("RGB")
+
+
+class LlavaCompareProcessor(ProcessorMixin):
+    """Turns interleaved text (``<image>`` placeholders) and images into model inputs."""
+
+    def __init__(self, image_processor=None, tokenizer=None, tokens_per_image: int = 1,
+                 image_token: str = IMAGE_PLACEHOLDER, chat_template: str | None = None, **kwargs):
+        self.tokens_per_image = int(tokens_per_image)
+        self.image_token = image_token
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {image_token!r} token; add it as a special token")
+
+    # --- ids -------------------------------------------------------------------------------------
+    def expand_image_tokens(self, ids: Sequence[int], labels: Sequence[int] | None = None
+                            ) -> tuple[list[int], list[int] | None]:
+        """Repeat every image id ``tokens_per_image`` times (labels there become -100)."""
+        out_ids: list[int] = []
+        out_labels: list[int] | None = [] if labels is not None else None
+        for i, tok in enumerate(ids):
+            n = self.tokens_per_image if tok == self.image_token_id else 1
+            out_ids.extend([tok] * n)
+            if out_labels is not None:
+                out_labels.extend([-100] * n if n > 1 or tok == self.image_token_id else [labels[i]])
+        return out_ids, out_labels
+
+    def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """Paths or PIL images -> ``[N_img, 3, H, W]`` float pixel values."""
+        pil = [load_image(im) for im in images]
+        return self.image_processor(images=pil, return_tensors="pt")["pixel_values"]
+
+    # --- inference entry point -------------------------------------------------------------------
+    def __call__(self, text: str | list[str] | None = None, images: Sequence[Any] | None = None,
+                 return_tensors: str | None = "pt", padding: bool | str = True,
+                 add_special_tokens: bool = True, **kwargs: Any) -> BatchFeature:
+        """Tokenise prompts that contain ``<image>`` and process the images (in reading order)."""
+        texts = [text] if isinstance(text, str) else list(text or [])
+        images = list(images or [])
+        n_ph = sum(t.count(self.image_token) for t in texts)
+        if n_ph != len(images):
+            raise ValueError(f"prompt has {n_ph} {self.image_token} placeholders but "
+                             f"{len(images)} images were given")
+        enc = self.tokenizer(texts, add_special_tokens=add_special_tokens, **kwargs)
+        rows = [self.expand_image_tokens(ids)[0] for ids in enc["input_ids"]]
+        data: dict[str, Any] = _pad_left(rows, self.tokenizer.pad_token_id)
+        if images:
+            data["pixel_values"] = self.preprocess_images(images)
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+def _pad_left(rows: list[list[int]], pad_id: int) -> dict[str, list[list[int]]]:
+    """Left padding: generation appends at the right, so prompts must end aligned."""
+    width = max((len(r) for r in rows), default=0)
+    ids = [[pad_id] * (width - len(r)) + r for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return {"input_ids": ids, "attention_mask": mask}

@@ -1,0 +1,133 @@
+"""Builders: a tiny random model from config (tests, demo; no network) or hub/local checkpoints.
+
+``build_model(model_cfg)`` is the one entry point; a component with ``name_or_path: null`` is built
+tiny from its config with a fixed seed, one with a hub id or folder is loaded from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig,
+                          CLIPVisionModel, PreTrainedTokenizerBase)
+
+try:  # the torchvision-backed processor when torchvision imports, else the PIL one (same output)
+    import torchvision  # noqa: F401
+    from transformers import CLIPImageProcessor
+except ImportError:
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+
+from ..data.processor import LlavaCompareProcessor
+from ..data.sample import IMAGE_PLACEHOLDER
+from .config import LlavaCompareConfig
+from .modeling import LlavaCompareForConditionalGeneration
+from .tiny_tokenizer import build_tiny_tokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_attn_implementation(requested: str = "auto") -> str:
+    """FlashAttention-2 on CUDA when importable, else PyTorch sdpa. Logged, so users know."""
+    if requested != "auto":
+        choice = requested
+    else:
+        try:
+            import flash_attn  # noqa: F401
+
+            choice = "flash_attention_2" if torch.cuda.is_available() else "sdpa"
+        except ImportError:
+            choice = "sdpa"
+    log.info("attention implementation: %s", choice)
+    return choice
+
+
+def _tiny_vision_config(v: Mapping[str, Any]) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        image_size=v["image_size"], patch_size=v["patch_size"], hidden_size=v["hidden_size"],
+        num_hidden_layers=v["num_layers"], num_attention_heads=v["num_heads"],
+        intermediate_size=v["intermediate_size"],
+    )
+
+
+def _tiny_text_config(t: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> Any:
+    return AutoConfig.for_model(
+        "llama", vocab_size=len(tokenizer), hidden_size=t["hidden_size"],
+        num_hidden_layers=t["num_layers"], num_attention_heads=t["num_heads"],
+        num_key_value_heads=t["num_heads"], intermediate_size=t["intermediate_size"],
+        max_position_embeddings=t["max_position_embeddings"], bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def _image_processor(image_size: int, name_or_path: str | None) -> CLIPImageProcessor:
+    if name_or_path:
+        return CLIPImageProcessor.from_pretrained(name_or_path)
+    # Tiny: CLIP's normalisation at the tiny resolution.
+    return CLIPImageProcessor(size={"shortest_edge": image_size},
+                              crop_size={"height": image_size, "width": image_size})
+
+
+def _load_tokenizer(llm_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
+    if not llm_cfg.get("name_or_path"):
+        return build_tiny_tokenizer(llm_cfg.get("vocab_size", 512))
+    tok = AutoTokenizer.from_pretrained(llm_cfg.get("tokenizer") or llm_cfg["name_or_path"])
+    # Vicuna/LLaMA have no image token and often no pad token: add what is missing.
+    if IMAGE_PLACEHOLDER not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditionalGeneration,
+                                                        LlavaCompareProcessor]:
+    """Assemble ViT + compressor + LLM and its processor from a ``model:`` config section."""
+    vcfg, tcfg = model_cfg["vision"], model_cfg["llm"]
+    dtype = DTYPES[model_cfg.get("dtype", "float32")]
+    attn = resolve_attn_implementation(model_cfg.get("attn_implementation", "auto"))
+    tokenizer = _load_tokenizer(tcfg)
+    vision_config = (AutoConfig.from_pretrained(vcfg["name_or_path"]) if vcfg.get("name_or_path")
+                     else _tiny_vision_config(vcfg))
+    if getattr(vision_config, "vision_config", None) is not None:  # a full CLIP id: take its tower
+        vision_config = vision_config.vision_config
+    text_config = (AutoConfig.from_pretrained(tcfg["name_or_path"]) if tcfg.get("name_or_path")
+                   else _tiny_text_config(tcfg, tokenizer))
+    config = LlavaCompareConfig(
+        vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
+        compressor=dict(model_cfg["compressor"]),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+        vision_feature_layer=model_cfg.get("vision_feature_layer", -2),
+    )
+    config.text_config._attn_implementation = attn
+    config.vision_config._attn_implementation = "sdpa" if attn == "flash_attention_2" else attn
+    torch.manual_seed(model_cfg.get("seed", 0))  # tiny parts and the compressor: fixed init
+    model = LlavaCompareForConditionalGeneration(config)
+    if vcfg.get("name_or_path"):
+        model.vision_tower = CLIPVisionModel.from_pretrained(vcfg["name_or_path"], dtype=dtype,
+                                                             attn_implementation=config.vision_config._attn_implementation)
+    if tcfg.get("name_or_path"):
+        model.language_model = AutoModelForCausalLM.from_pretrained(
+            tcfg["name_or_path"], dtype=dtype, attn_implementation=attn)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.to(dtype)
+    model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
+    _set_generation_tokens(model, tokenizer)
+    processor = LlavaCompareProcessor(
+        image_processor=_image_processor(vision_config.image_size, vcfg.get("name_or_path")),
+        tokenizer=tokenizer, tokens_per_image=config.tokens_per_image,
+    )
+    return model, processor
+
+
+def _set_generation_tokens(model: LlavaCompareForConditionalGeneration,
+                           tokenizer: PreTrainedTokenizerBase) -> None:
+    gc = model.generation_config
+    gc.eos_token_id = tokenizer.eos_token_id
+    gc.pad_token_id = tokenizer.pad_token_id
+    gc.bos_token_id = tokenizer.bos_token_id

@@ -1,0 +1,186 @@
+"""Visual-token compressors: ViT patch features -> LLM-width visual tokens.
+
+Each compressor maps ``[N_img, P, D_vis]`` (P = grid*grid patch features, CLS already dropped) to
+``[N_img, T, D_llm]``. The compressor class alone knows T (``num_tokens``): the config, the
+processor and the model all ask it via :func:`tokens_per_image`, never recompute it.
+
+Registry ids: ``mlp`` (LLaVA-1.5), ``pool`` (2-D avg pool + MLP), ``resampler`` (mPLUG-Owl2 /
+Co-Instruct visual abstractor), ``pixel_shuffle`` (Idefics3 / nanoVLM space-to-depth).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Compressor(nn.Module):
+    """Base class: subclasses set ``num_tokens`` and implement ``forward``."""
+
+    def __init__(self, vision_dim: int, text_dim: int, grid: int, **params: Any):
+        super().__init__()
+        self.vision_dim, self.text_dim, self.grid = vision_dim, text_dim, grid
+        self.num_tokens = self.output_tokens(grid, **params)
+
+    @classmethod
+    def output_tokens(cls, grid: int, **params: Any) -> int:
+        raise NotImplementedError
+
+
+def _mlp(in_dim: int, out_dim: int, depth: int = 2) -> nn.Sequential:
+    """LLaVA-1.5's projector: Linear -> GELU -> Linear (``mlp2x_gelu``)."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+    for _ in range(depth - 1):
+        layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+    return nn.Sequential(*layers)
+
+
+class MLPCompressor(Compressor):
+    """No compression: every patch becomes one token (576 for ViT-L/14 at 336 px)."""
+
+    def __init__(self, vision_dim: int, text_dim: int, grid: int, depth: int = 2):
+        super().__init__(vision_dim, text_dim, grid)
+        self.proj = _mlp(vision_dim, text_dim, depth)
+
+    @classmethod
+    def output_tokens(cls, grid: int, **params: Any) -> int:
+        return grid * grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, P, Dv] -> [N, P, Dt]
+        return self.proj(x)
+
+
+def _to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """[N, P, D] -> [N, D, g, g] (row-major patches, as CLIP emits them)."""
+    n, p, d = x.shape
+    if p != grid * grid:
+        raise ValueError(f"compressor expected {grid}x{grid}={grid * grid} patches, got {p}")
+    return x.transpose(1, 2).reshape(n, d, grid, grid)
+
+
+class PoolCompressor(Compressor):
+    """2-D average pooling of the patch grid to ``size x size``, then the MLP."""
+
+    def __init__(self, vision_dim: int, text_dim: int, grid: int, size: int = 12, depth: int = 2):
+        super().__init__(vision_dim, text_dim, grid, size=size)
+        self.size = size
+        self.proj = _mlp(vision_dim, text_dim, depth)
+
+    @classmethod
+    def output_tokens(cls, grid: int, size: int = 12, **params: Any) -> int:
+        if size > grid:
+            raise ValueError(f"pool size {size} is larger than the patch grid {grid}")
+        return size * size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(_to_grid(x, self.grid), self.size)  # [N, Dv, k, k]
+        return self.proj(pooled.flatten(2).transpose(1, 2))  # [N, k*k, Dt]
+
+
+class _AbstractorLayer(nn.Module):
+    """Pre-norm block: queries cross-attend to [patches; queries], then an MLP (mPLUG-Owl2 style)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # q [N, T, D], kv [N, P, D]
+        qn = self.norm_q(q)
+        # Owl2's abstractor lets queries see themselves too: keys = patches + queries.
+        keys = torch.cat([self.norm_kv(kv), qn], dim=1)
+        q = q + self.attn(qn, keys, keys, need_weights=False)[0]
+        return q + self.mlp(self.norm_mlp(q))
+
+
+class ResamplerCompressor(Compressor):
+    """Learnable queries cross-attending to the patch features (visual abstractor).
+
+    ``num_queries`` tokens per image regardless of resolution: 64 by default, Co-Instruct's choice,
+    so 4 images cost 256 LLM tokens instead of 2304.
+    """
+
+    def __init__(self, vision_dim: int, text_dim: int, grid: int, num_queries: int = 64,
+                 depth: int = 2, heads: int = 8, dim: int | None = None):
+        super().__init__(vision_dim, text_dim, grid, num_queries=num_queries)
+        dim = dim or vision_dim
+        self.in_proj = nn.Linear(vision_dim, dim)
+        # Learned absolute positions let queries tell patches apart (where an object is matters).
+        self.pos = nn.Parameter(torch.randn(1, grid * grid, dim) * 0.02)
+        self.queries = nn.Parameter(torch.randn(1, num_queries, dim) * 0.02)
+        self.layers = nn.ModuleList(_AbstractorLayer(dim, heads) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(dim)
+        self.out_proj = nn.Linear(dim, text_dim)
+
+    @classmethod
+    def output_tokens(cls, grid: int, num_queries: int = 64, **params: Any) -> int:
+        return num_queries
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = self.in_proj(x) + self.pos  # [N, P, D]
+        q = self.queries.expand(x.shape[0], -1, -1)  # [N, T, D]
+        for layer in self.layers:
+            q = layer(q, kv)
+        return self.out_proj(self.norm_out(q))  # [N, T, Dt]
+
+
+class PixelShuffleCompressor(Compressor):
+    """Space-to-depth: each ``factor x factor`` block of patches becomes one token (Idefics3)."""
+
+    def __init__(self, vision_dim: int, text_dim: int, grid: int, factor: int = 2, depth: int = 2):
+        super().__init__(vision_dim, text_dim, grid, factor=factor)
+        self.factor = factor
+        self.proj = _mlp(vision_dim * factor * factor, text_dim, depth)
+
+    @classmethod
+    def output_tokens(cls, grid: int, factor: int = 2, **params: Any) -> int:
+        if grid % factor:
+            raise ValueError(f"pixel_shuffle factor {factor} must divide the patch grid {grid}")
+        return (grid // factor) ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = _to_grid(x, self.grid)  # [N, Dv, g, g]
+        s = F.pixel_unshuffle(g, self.factor)  # [N, Dv*f*f, g/f, g/f]
+        return self.proj(s.flatten(2).transpose(1, 2))  # [N, (g/f)^2, Dt]
+
+
+COMPRESSORS: dict[str, type[Compressor]] = {
+    "mlp": MLPCompressor,
+    "pool": PoolCompressor,
+    "resampler": ResamplerCompressor,
+    "pixel_shuffle": PixelShuffleCompressor,
+}
+
+
+def _split(spec: dict[str, Any]) -> tuple[type[Compressor], dict[str, Any]]:
+    params = dict(spec)
+    name = params.pop("type", "mlp")
+    if name not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {name!r}; valid: {sorted(COMPRESSORS)}")
+    return COMPRESSORS[name], params
+
+
+def get_compressor(spec: dict[str, Any], vision_dim: int, text_dim: int, grid: int) -> Compressor:
+    """Build the compressor named by ``spec['type']`` with the remaining keys as parameters."""
+    cls, params = _split(spec)
+    return cls(vision_dim, text_dim, grid, **params)
+
+
+def tokens_per_image(spec: dict[str, Any], grid: int) -> int:
+    """How many LLM tokens one image becomes: asked of the compressor class, computed nowhere else."""
+    cls, params = _split(spec)
+    return cls.output_tokens(grid, **params)
+
+
+def patch_grid(image_size: int, patch_size: int) -> int:
+    grid = image_size // patch_size
+    if grid * patch_size != image_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    return grid
+
+
+__all__ = ["COMPRESSORS", "Compressor", "get_compressor", "tokens_per_image", "patch_grid"]

@@ -1,0 +1,185 @@
+"""The multi-image VLM: CLIP vision tower -> compressor -> causal LM.
+
+Follows transformers' LLaVA conventions (``pixel_values``, ``image_token_id``,
+``vision_feature_layer``, ``get_image_features``, ``masked_scatter``) so an exported model feels
+native. Images of a whole batch travel flattened as ``[N_img, 3, H, W]``, separate from the text
+batch ``[B, S]``; the k-th image fills the k-th run of placeholder tokens in reading order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .compressors import get_compressor
+from .config import LlavaCompareConfig
+
+
+class ImageTokenMismatchError(ValueError):
+    """Raised when the number of image placeholder tokens does not match the image features."""
+
+
+class LlavaComparePreTrainedModel(PreTrainedModel):
+    config_class = LlavaCompareConfig
+    config: LlavaCompareConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the compressor is ours; the sub-models initialise themselves. Small normal init
+        # (std 0.02, LLaVA's) keeps the projector's output near the LLM's embedding scale.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, GenerationMixin):
+    """ViT + compressor + LLM with a KV-cached ``generate()`` over interleaved multi-image prompts."""
+
+    def __init__(self, config: LlavaCompareConfig):
+        super().__init__(config)
+        self.vision_tower = CLIPVisionModel._from_config(config.vision_config)
+        self.compressor = get_compressor(
+            config.compressor, config.vision_config.hidden_size, config.text_config.hidden_size,
+            config.patch_grid,
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    # --- embeddings plumbing, delegated so resize_token_embeddings / peft / generate work ----------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.compressor.num_tokens
+
+    # --- vision -------------------------------------------------------------------------------
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """ViT hidden state ``vision_feature_layer`` without CLS: ``[N_img, P, D_vis]``."""
+        frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
+        dtype = next(self.vision_tower.parameters()).dtype
+        # A frozen tower needs no autograd graph: saves activations memory on every step.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
+        return out.hidden_states[self.config.vision_feature_layer][:, 1:]
+
+    def get_image_features(self, pixel_values: torch.Tensor | None = None,
+                           vision_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens for the LLM: ``[N_img, T_img, D_llm]``.
+
+        ``vision_features`` (``[N_img, P, D_vis]``) skips the ViT, e.g. when read from a cache.
+        """
+        if vision_features is None:
+            vision_features = self.get_vision_features(pixel_values)
+        comp_dtype = next(self.compressor.parameters()).dtype
+        return self.compressor(vision_features.to(comp_dtype))
+
+    def merge_image_features(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
+                             image_features: torch.Tensor) -> torch.Tensor:
+        """Scatter ``[N_img, T, D]`` into the placeholder positions of ``[B, S, D]``."""
+        mask = input_ids == self.config.image_token_id  # [B, S]
+        n_tokens, n_feats = int(mask.sum()), image_features.shape[0] * image_features.shape[1]
+        if n_tokens != n_feats:
+            raise ImageTokenMismatchError(
+                f"image placeholder tokens in input_ids: {n_tokens}, image feature tokens: {n_feats} "
+                f"({image_features.shape[0]} images x {image_features.shape[1]} tokens per image). "
+                "Each <image> must expand to exactly tokens_per_image placeholder ids and every "
+                "image must have a placeholder; build inputs with LlavaCompareProcessor."
+            )
+        feats = image_features.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats)
+
+    def _dummy_image_features(self, ref: torch.Tensor) -> torch.Tensor:
+        """Run one blank image so every rank touches the vision path (ZeRO-3/FSDP/DDP never wait
+        on a rank whose batch was text-only). The result is multiplied by 0 by the caller."""
+        size = self.config.vision_config.image_size
+        blank = torch.zeros(1, 3, size, size, device=ref.device)
+        return self.get_image_features(blank)
+
+    # --- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        vision_features: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Standard causal-LM forward with images.
+
+        With ``labels``, the LM head runs only where a label exists (assistant tokens): logits at
+        image and prompt positions are never needed, and at a 32k vocabulary they are a large share
+        of the step. ``logits`` then holds ``[N_labelled, V]``; without labels, ``[B, S, V]``.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
+        has_images = pixel_values is not None or vision_features is not None
+        if has_images:
+            feats = self.get_image_features(pixel_values, vision_features)  # [N_img, T, D]
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, feats)
+        elif self.training and torch.is_grad_enabled():
+            inputs_embeds = inputs_embeds + 0.0 * self._dummy_image_features(inputs_embeds).sum()
+
+        decoder = self.language_model.get_decoder()
+        out = decoder(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+        )
+        hidden = out.last_hidden_state  # [B, S, D]
+        lm_head = self.get_output_embeddings()
+        if labels is None:
+            keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+            return CausalLMOutputWithPast(logits=lm_head(hidden[:, keep]),
+                                          past_key_values=out.past_key_values)
+        loss, logits = self._labelled_loss(hidden, labels, lm_head, num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+    @staticmethod
+    def _labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
+                       num_items_in_batch: int | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token CE over labelled positions only. Summed and divided by the number of
+        labelled tokens in the whole accumulated batch when the Trainer passes it, so gradient
+        accumulation gives the same update as one large batch."""
+        shift_labels = labels[:, 1:]  # position t predicts token t+1
+        sel = shift_labels != -100  # [B, S-1]
+        logits = lm_head(hidden[:, :-1][sel]).float()  # [N_labelled, V]
+        target = shift_labels[sel]
+        loss = F.cross_entropy(logits, target, reduction="sum")
+        denom = num_items_in_batch if num_items_in_batch is not None else sel.sum().clamp(min=1)
+        if torch.is_tensor(denom):
+            denom = denom.to(loss.device)
+        return loss / denom, logits

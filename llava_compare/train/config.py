@@ -1,0 +1,81 @@
+"""Compose the training config: Hydra groups under ``configs/``, a recipe from ``recipes/``,
+command-line ``key=value`` overrides, then validation against the typed schema.
+
+We use Hydra's compose API rather than ``@hydra.main``: under torchrun every rank runs this, and
+compose neither changes the working directory nor makes per-rank timestamped run folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from .schema import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "configs"
+RECIPE_DIR = REPO_ROOT / "recipes"
+
+
+# The schema is the first entry of configs/train.yaml's defaults, so Hydra itself knows every key:
+# `optim.lr=...` works without `+`, and a misspelled key fails at composition.
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says which key and what is valid."""
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """``["recipe=demo_stage1", "optim.lr=1e-3"]`` -> validated, resolved config."""
+    overrides = list(overrides)
+    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
+    if recipe is not None and recipe not in available_recipes():
+        raise ConfigError(f"unknown recipe {recipe!r}; available: {', '.join(available_recipes())}")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            raw = compose(config_name="train", overrides=overrides)
+    except Exception as err:  # Hydra's own message names the key; add what is valid
+        if type(err).__name__ not in ("ConfigCompositionException", "ConfigKeyError", "ValidationError",
+                                      "MissingConfigException", "OverrideParseException"):
+            raise
+        raise ConfigError(f"{err}{_valid_keys_hint(str(err))}") from err
+    return validate(raw, recipe)
+
+
+def _valid_keys_hint(message: str) -> str:
+    """For "Key 'lrr' not in 'OptimConfig'"-style errors, list the section's valid keys."""
+    schema = OmegaConf.structured(TrainConfig)
+    for token in message.replace("'", " ").split():
+        if "." in token and OmegaConf.select(schema, token.rsplit(".", 1)[0]) is not None:
+            section = OmegaConf.select(schema, token.rsplit(".", 1)[0])
+            if isinstance(section, DictConfig):
+                return f"\nvalid keys under {token.rsplit('.', 1)[0]}: {', '.join(section.keys())}"
+    return f"\nvalid top-level keys: {', '.join(schema.keys())}"
+
+
+def validate(raw: DictConfig, recipe: str | None = None) -> DictConfig:
+    """Merge into the typed schema: unknown keys and wrong types fail here, listing valid keys."""
+    schema = OmegaConf.structured(TrainConfig)
+    raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "recipe"]) if "recipe" in raw else raw
+    try:
+        cfg = OmegaConf.merge(schema, raw)
+    except (ConfigKeyError, ValidationError) as err:
+        key = getattr(err, "full_key", None) or ""
+        parent = OmegaConf.select(schema, key.rsplit(".", 1)[0]) if "." in key else schema
+        valid = ", ".join(sorted(parent.keys())) if isinstance(parent, DictConfig) else "?"
+        raise ConfigError(f"invalid config key or value {key!r}: {err.msg}. Valid keys here: {valid}") from err
+    OmegaConf.set_struct(cfg, True)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)  # resolve interpolations once, early
+    out = OmegaConf.create(cfg_dict)
+    out.recipe_name = recipe
+    return out

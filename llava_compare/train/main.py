@@ -1,0 +1,176 @@
+"""Training entry point: ``python -m llava_compare.train recipe=NAME key=value ...``.
+
+Reads top to bottom: setup (config, data, model, stage) -> train -> save -> evaluate. Works the
+same under ``torchrun``: every rank composes the same config; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..checkpoint import load_trained, save_base, save_trained, unwrap
+from ..data.collator import CompareCollator
+from ..data.conversation import ConversationBuilder
+from ..data.dataset import CompareDataset
+from ..data.formats import SourceSpec, read_sources
+from ..model.build import build_model
+from .config import compose_config
+from .stages import configure_stage
+from .trainer import CompareTrainer
+
+log = logging.getLogger("llava_compare")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup_logging() -> None:
+    level = logging.INFO if rank() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[rank{rank()}] %(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+
+
+def ensure_synth_data(cfg: DictConfig) -> None:
+    """Generate the synthetic dataset once (rank 0); other ranks wait for its meta.json."""
+    synth = cfg.data.synth
+    if synth is None:
+        return
+    done = Path(synth.dir) / "meta.json"
+    if rank() == 0 and not done.is_file():
+        from ..data.synthetic import generate
+
+        generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size)
+    deadline = time.time() + 1800
+    while not done.is_file():
+        if time.time() > deadline:
+            raise TimeoutError(f"rank {rank()} waited 30 min for synthetic data at {synth.dir}")
+        time.sleep(1)
+
+
+def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """The model to train: from ``init_from`` (a previous stage's output) or built from config."""
+    if cfg.init_from:
+        model, processor = load_trained(cfg.init_from, merge=True)
+        meta = json.loads((Path(cfg.init_from) / "llava_compare.json").read_text())
+        model_cfg = meta["model"]
+        log.info("initialised from %s (stage %s)", cfg.init_from, meta.get("stage", {}).get("name"))
+    else:
+        model_cfg = OmegaConf.to_container(cfg.model)
+        model, processor = build_model(model_cfg)
+    return model, processor, model_cfg
+
+
+def make_dataset(cfg: DictConfig, processor: Any, split: str = "train") -> CompareDataset:
+    specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data[split]]
+    if not specs:
+        raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
+                         f"'data.{split}=[{{path: data/{split}.json}}]'")
+    samples = read_sources(specs, on_error=cfg.data.on_error)
+    return CompareDataset(samples, processor, make_builder(cfg, processor), cfg.data.max_length,
+                          on_error=cfg.data.on_error)
+
+
+def make_builder(cfg: DictConfig, processor: Any) -> ConversationBuilder:
+    marker = cfg.data.marker_template if cfg.data.image_marker == "interleaved" else None
+    if cfg.data.image_marker not in ("interleaved", "none"):
+        raise ValueError(f"data.image_marker must be interleaved or none, got {cfg.data.image_marker!r}")
+    return ConversationBuilder(processor.tokenizer, cfg.data.conversation_template, marker,
+                               cfg.data.system_prompt)
+
+
+def training_args(cfg: DictConfig) -> TrainingArguments:
+    o = cfg.optim
+    per_step = o.per_device_batch_size * world_size()
+    if o.global_batch_size % per_step:
+        raise ValueError(f"optim.global_batch_size {o.global_batch_size} is not a multiple of "
+                         f"per_device_batch_size x world_size = {per_step}")
+    bf16 = (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) if o.bf16 == "auto" else o.bf16 == "true"
+    return TrainingArguments(
+        output_dir=cfg.output_dir, run_name=cfg.run_name, seed=cfg.seed, data_seed=cfg.seed,
+        per_device_train_batch_size=o.per_device_batch_size,
+        gradient_accumulation_steps=o.global_batch_size // per_step,
+        learning_rate=o.lr, weight_decay=o.weight_decay, lr_scheduler_type=o.scheduler,
+        warmup_steps=o.warmup_ratio, num_train_epochs=o.epochs, max_steps=o.max_steps,
+        max_grad_norm=o.max_grad_norm, bf16=bf16, gradient_checkpointing=o.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=cfg.logger.logging_steps, report_to=[] if cfg.logger.report_to == "none" else [cfg.logger.report_to],
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False,
+        ddp_find_unused_parameters=False, disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def resume_point(cfg: DictConfig) -> str | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+    return cfg.resume
+
+
+def run(cfg: DictConfig) -> Path:
+    """Setup -> train -> save -> evaluate. Returns the output folder."""
+    setup_logging()
+    set_seed(cfg.seed)
+    os.environ.setdefault("WANDB_PROJECT", cfg.logger.project)
+    ensure_synth_data(cfg)
+    model, processor, model_cfg = build_or_load(cfg)
+    meta = {"model": model_cfg, "stage": OmegaConf.to_container(cfg.stage), "recipe": cfg.recipe_name,
+            "peft": OmegaConf.to_container(cfg.peft), "init_from": cfg.init_from,
+            "config": OmegaConf.to_container(cfg)}
+    if rank() == 0:
+        save_base(model, processor, cfg.output_dir, meta)
+    model = configure_stage(model, cfg.stage, cfg.peft)
+    if cfg.optim.gradient_checkpointing:
+        unwrap(model).config.use_cache = False
+    train_set = make_dataset(cfg, processor)
+    trainer = CompareTrainer(
+        model=model, args=training_args(cfg), train_dataset=train_set,
+        data_collator=CompareCollator(processor.tokenizer.pad_token_id), processing_class=processor,
+        optim_cfg=OmegaConf.to_container(cfg.optim),
+    )
+    result = trainer.train(resume_from_checkpoint=resume_point(cfg))
+    if train_set.skipped:
+        log.warning("skipped samples by reason: %s", dict(train_set.skipped))
+    if trainer.is_world_process_zero():
+        save_trained(trainer.model, cfg.output_dir)
+        (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(
+            {**result.metrics, "skipped": dict(train_set.skipped)}, indent=2))
+        log.info("saved stage output to %s", cfg.output_dir)
+        if cfg.eval.enabled and cfg.data.eval:
+            from ..evaluate import evaluate_run
+
+            evaluate_run(cfg, unwrap(trainer.model), processor)
+    return Path(cfg.output_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if overrides and overrides[0] in ("-h", "--help"):
+        from .config import available_recipes
+
+        print(__doc__, "\nrecipes:", ", ".join(available_recipes()))
+        return 0
+    show = "--cfg" in overrides
+    cfg = compose_config([o for o in overrides if o != "--cfg"])
+    if show:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    run(cfg)
+    return 0

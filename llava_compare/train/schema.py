@@ -1,0 +1,143 @@
+"""Typed schema of the training config. Hydra's composed YAML is merged into it, so an unknown or
+misspelled key fails at start with the list of valid keys (OmegaConf structured-config errors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class VisionConfig:
+    name_or_path: Optional[str] = None  # hub id / folder; null = tiny random tower from the fields below
+    image_size: int = 64
+    patch_size: int = 8
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+
+
+@dataclass
+class LLMConfig:
+    name_or_path: Optional[str] = None  # hub id / folder; null = tiny random LLaMA from the fields below
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 2048
+    vocab_size: int = 512  # tiny tokenizer only
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    compressor: dict[str, Any] = field(default_factory=lambda: {"type": "mlp"})
+    vision_feature_layer: int = -2
+    attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
+    dtype: str = "float32"  # weights dtype at load: float32 | bfloat16 | float16
+    seed: int = 0  # init seed of tiny parts and the compressor
+
+
+@dataclass
+class SourceConfig:
+    path: str = "???"
+    format: str = "auto"  # llava | mantis | owl | auto
+    placeholder: Optional[str] = None
+    image_root: Optional[str] = None
+    markers: str = "keep"  # keep | replace: what to do with a dataset's own image markers
+    marker_pattern: Optional[str] = None
+    split: str = "train"
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class SynthConfig:
+    """When set, ``synth`` data is generated into ``dir`` first (demo recipes)."""
+    dir: str = "outputs/synth"
+    n_train: int = 2000
+    n_eval: int = 200
+    seed: int = 0
+    image_size: int = 64
+
+
+@dataclass
+class DataConfig:
+    train: list[SourceConfig] = field(default_factory=list)
+    eval: list[SourceConfig] = field(default_factory=list)
+    synth: Optional[SynthConfig] = None
+    image_marker: str = "interleaved"  # interleaved ("Image k: " before image k) | none
+    marker_template: str = "Image {k}: "
+    conversation_template: str = "auto"  # auto | chat | vicuna_v1
+    system_prompt: Optional[str] = None
+    max_length: int = 2048
+    on_error: str = "skip"  # skip (count and go on) | raise
+    num_workers: int = 0
+
+
+@dataclass
+class PeftConfig:
+    method: str = "none"  # none | lora
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # within the LLM only
+
+
+@dataclass
+class StageConfig:
+    name: str = "align"  # align (stage 1) | instruct (stage 2)
+    train_compressor: bool = True
+    train_vision: bool = False
+    train_llm: str = "frozen"  # frozen | lora | full
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # compressor lr (and default for all)
+    llm_lr: Optional[float] = None  # LoRA / full-LLM lr; defaults to lr
+    vision_lr: Optional[float] = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    epochs: float = 1.0
+    max_steps: int = -1
+    per_device_batch_size: int = 8
+    global_batch_size: int = 8  # = per_device * world_size * grad_accum (accum is derived)
+    max_grad_norm: float = 1.0
+    bf16: str = "auto"  # auto (on when CUDA supports it) | true | false
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    report_to: str = "none"  # none | wandb | tensorboard
+    project: str = "llava_compare"
+    logging_steps: int = 10
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = False
+    batch_size: int = 16
+    max_new_tokens: int = 16
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = "run"
+    output_dir: str = "outputs/${run_name}"
+    init_from: Optional[str] = None  # stage-1 output folder for stage 2
+    seed: int = 0
+    resume: str = "auto"  # auto | never | a checkpoint path
+    save_steps: int = 500
+    save_total_limit: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,109 @@
+"""What each stage trains: one function sets ``requires_grad`` (and adds LoRA), logs one
+frozen/trainable line per component, and returns the optimizer's per-component groups.
+
+Stage 1 (align): ViT and LLM frozen, compressor trained. Stage 2 (instruct): LoRA (or full) on the
+LLM, compressor trainable, ViT frozen unless ``stage.train_vision``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("vision_tower", "compressor", "language_model")
+
+
+def component_of(param_name: str) -> str:
+    """'base_model.model.language_model.model.layers.0...' -> 'language_model'."""
+    for comp in COMPONENTS:
+        if f"{comp}." in param_name or param_name.startswith(comp):
+            return comp
+    return "other"
+
+
+def lora_target_regex(model: nn.Module, target_modules: Any = "all-linear") -> str:
+    """A peft target regex matching the LLM's linear layers only (never the ViT, the compressor
+    or lm_head). ``all-linear`` or a list of leaf names such as ``[q_proj, v_proj]``."""
+    if target_modules == "all-linear":
+        names = {n.rsplit(".", 1)[-1] for n, m in model.language_model.named_modules()
+                 if isinstance(m, nn.Linear) and not n.endswith("lm_head")}
+    else:
+        names = set(target_modules)
+    alternatives = "|".join(sorted(re.escape(n) for n in names))
+    return rf"^language_model\.(?!lm_head).*\.({alternatives})$"
+
+
+def _add_lora(model: nn.Module, peft_cfg: Mapping[str, Any]) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=peft_cfg["r"], lora_alpha=peft_cfg["alpha"], lora_dropout=peft_cfg["dropout"],
+                     target_modules=lora_target_regex(model, peft_cfg.get("target_modules", "all-linear")),
+                     bias="none")
+    return get_peft_model(model, cfg)
+
+
+def configure_stage(model: nn.Module, stage: Mapping[str, Any], peft_cfg: Mapping[str, Any]) -> nn.Module:
+    """Freeze/unfreeze per the stage; wrap with LoRA when ``stage.train_llm == 'lora'``.
+
+    Returns the model to train (a ``PeftModel`` under LoRA)."""
+    train_llm = stage["train_llm"]
+    if train_llm not in ("frozen", "lora", "full"):
+        raise ValueError(f"stage.train_llm must be frozen, lora or full; got {train_llm!r}")
+    model.requires_grad_(False)
+    model.compressor.requires_grad_(bool(stage["train_compressor"]))
+    model.vision_tower.requires_grad_(bool(stage["train_vision"]))
+    model.config.freeze_vision = not stage["train_vision"]
+    if train_llm == "full":
+        model.language_model.requires_grad_(True)
+    if train_llm == "lora":
+        if peft_cfg.get("method", "lora") not in ("lora", "none"):
+            raise ValueError(f"unknown peft.method {peft_cfg['method']!r}; valid: lora")
+        compressor_flag = bool(stage["train_compressor"])
+        model = _add_lora(model, peft_cfg)  # peft freezes everything but the adapters...
+        base = model.get_base_model()
+        base.compressor.requires_grad_(compressor_flag)  # ...so re-enable what the stage trains
+        base.vision_tower.requires_grad_(bool(stage["train_vision"]))
+    log_trainable(model)
+    return model
+
+
+def log_trainable(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """One line per component: trainable / total parameters. Returns the counts."""
+    counts: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        c = counts.setdefault(component_of(name), [0, 0])
+        c[1] += p.numel()
+        c[0] += p.numel() if p.requires_grad else 0
+    for comp, (tr, tot) in counts.items():
+        state = "trainable" if tr == tot else ("frozen" if tr == 0 else "partly trainable")
+        log.info("%-15s %-16s %12s / %s params", comp, state, f"{tr:,}", f"{tot:,}")
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def param_groups(model: nn.Module, optim: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Optimizer groups with a learning rate per component (compressor: ``lr``, LLM/LoRA:
+    ``llm_lr``, ViT: ``vision_lr``); no weight decay on biases and norms."""
+    lrs = {"compressor": optim["lr"], "language_model": optim.get("llm_lr") or optim["lr"],
+           "vision_tower": optim.get("vision_lr") or optim["lr"], "other": optim["lr"]}
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        comp = component_of(name)
+        decay = p.ndim >= 2 and "norm" not in name.lower()
+        g = groups.setdefault((comp, decay), {
+            "params": [], "lr": lrs[comp], "name": f"{comp}{'' if decay else '_no_decay'}",
+            "weight_decay": optim.get("weight_decay", 0.0) if decay else 0.0})
+        g["params"].append(p)
+    return list(groups.values())
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters this run trains (LoRA, compressor, ...), by their names in ``model``."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,340 @@
+"""Tests for the synthetic comparison-data generator (CPU, small sizes, a few seconds)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llava_compare.data import synthetic
+from llava_compare.data.synthetic import TASKS, SynthConfig, generate
+
+N_TRAIN, N_EVAL = 60, 30
+MC_TASKS = ("brightness", "blur", "count", "sharpest")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str, list[dict]]]:
+    out = tmp_path_factory.mktemp("synth")
+    summary = generate(out, N_TRAIN, N_EVAL, seed=0)
+    splits = {name: json.loads((out / f"{name}.json").read_text()) for name in ("train", "eval", "captions")}
+    return out, summary, splits
+
+
+def _load(out: Path, rel: str) -> np.ndarray:
+    return np.asarray(Image.open(out / rel).convert("RGB"), dtype=np.float64)
+
+
+def _laplacian_energy(out: Path, rel: str) -> float:
+    """Mean squared Laplacian of the grey image at 64 px: high-frequency energy, lower = blurrier.
+
+    Squared, and measured at 64 px, because blur radii scale with image size: at large sizes the
+    plain per-pixel |Laplacian| of a blurred image is dominated by uint8 rounding steps.
+    """
+    with Image.open(out / rel) as img:
+        g = np.asarray(img.convert("L").resize((64, 64), Image.Resampling.BOX), dtype=np.float64)
+    lap = -4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+    return float(np.square(lap).mean())
+
+
+def _answer_idx(rec: dict) -> int:
+    return rec["options"].index(rec["answer"])
+
+
+def _mc(splits: dict[str, list[dict]], task: str) -> list[dict]:
+    return [r for name in ("train", "eval") for r in splits[name] if r["task"] == task]
+
+
+def _dir_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and record format
+# ---------------------------------------------------------------------------------------------
+
+
+def test_files_exist_and_decode_as_png(data):
+    out, _, splits = data
+    for name, records in splits.items():
+        for rec in records:
+            for rel in rec["image"]:
+                assert not Path(rel).is_absolute() and rel.startswith(f"images/{name}/")
+                with Image.open(out / rel) as img:
+                    assert img.format == "PNG" and img.size == (64, 64) and img.mode == "RGB"
+    assert (out / "meta.json").is_file()
+
+
+def test_image_size_option(tmp_path):
+    generate(tmp_path, 5, 0, image_size=48, n_captions=1)
+    pngs = list((tmp_path / "images").rglob("*.png"))
+    assert pngs and all(Image.open(p).size == (48, 48) for p in pngs)
+
+
+def test_records_have_documented_keys_and_placeholders(data):
+    _, _, splits = data
+    for name, records in splits.items():
+        for i, rec in enumerate(records):
+            assert {"id", "image", "conversations", "task", "options", "answer"} <= rec.keys()
+            assert rec["id"] == f"{name}-{i:06d}"
+            human, gpt = rec["conversations"]
+            assert human["from"] == "human" and gpt["from"] == "gpt"
+            assert human["value"].count("<image>") == len(rec["image"])
+            assert human["value"].startswith("<image>\n" * len(rec["image"]))
+            assert "Image 1:" not in human["value"]  # the conversation builder adds the markers
+            assert gpt["value"] == rec["answer"]
+
+
+def test_answers_are_options_and_change_is_free_text(data):
+    _, _, splits = data
+    for rec in splits["train"] + splits["eval"]:
+        if rec["task"] == "change":
+            assert rec["options"] is None
+            assert rec["change_type"] in synthetic.CHANGE_TYPES
+            assert rec["answer"].startswith("The ") and rec["answer"].endswith(".")
+        else:
+            k = len(rec["image"])
+            assert rec["options"] == [f"Image {i}" for i in range(1, k + 1)]
+            assert rec["answer"] in rec["options"]
+
+
+def test_tasks_round_robin(data):
+    _, summary, splits = data
+    for name, n in (("train", N_TRAIN), ("eval", N_EVAL)):
+        counts = Counter(r["task"] for r in splits[name])
+        assert set(counts) == set(TASKS) and sum(counts.values()) == n
+        assert max(counts.values()) - min(counts.values()) <= 1
+        assert summary["counts"][name] == dict(counts)
+
+
+def test_captions(data):
+    _, summary, splits = data
+    caps = splits["captions"]
+    assert len(caps) == N_TRAIN  # default n_captions = n_train
+    for rec in caps:
+        assert len(rec["image"]) == 1
+        assert rec["conversations"][0]["value"] == "<image>\nDescribe the image briefly."
+        text = rec["conversations"][1]["value"]
+        assert text.startswith(("A ", "An ")) and "background" in text and text.endswith(".")
+    assert summary["images"]["captions"] == N_TRAIN
+
+
+def test_meta(data):
+    out, _, _ = data
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seed"] == 0 and meta["version"] == synthetic.VERSION
+    assert meta["config"]["brightness_ratio"] == [1.2, 1.5]
+    assert sum(meta["counts"]["train"].values()) == N_TRAIN
+
+
+# ---------------------------------------------------------------------------------------------
+# Balance, determinism, split disjointness
+# ---------------------------------------------------------------------------------------------
+
+
+def _assert_balanced(records: list[dict]) -> None:
+    groups: dict[tuple[str, int], Counter] = {}
+    for rec in records:
+        if rec["options"] is not None:
+            key = (rec["task"], len(rec["options"]))
+            groups.setdefault(key, Counter())[_answer_idx(rec)] += 1
+    for (task, k), counter in groups.items():
+        per_pos = [counter.get(i, 0) for i in range(k)]
+        assert max(per_pos) - min(per_pos) <= 1, (task, k, per_pos)
+
+
+def test_answer_positions_balanced(data):
+    _, _, splits = data
+    _assert_balanced(splits["train"])
+    _assert_balanced(splits["eval"])
+
+
+@pytest.mark.parametrize("n", [1, 7, 103, 1000])
+def test_plan_balanced_for_many_sizes(n):
+    rng = np.random.default_rng(n)
+    slots = synthetic._plan_split(n, TASKS, SynthConfig(), rng)
+    assert len(slots) == n
+    per = Counter((s.task, s.n_images, s.answer_idx, s.change_type) for s in slots)
+    for task in TASKS:
+        for k in {s.n_images for s in slots if s.task == task}:
+            counts = [v for (t, kk, _, _), v in per.items() if t == task and kk == k]
+            width = len(synthetic.CHANGE_TYPES) if task == "change" else k
+            counts += [0] * (width - len(counts))
+            assert max(counts) - min(counts) <= 1, (task, k, counts)
+    sharp = Counter(s.n_images for s in slots if s.task == "sharpest")
+    assert set(sharp) <= {3, 4} and (len(sharp) < 2 or abs(sharp[3] - sharp[4]) <= 1)
+
+
+def test_same_seed_identical_bytes_different_seed_differs(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate(a, 10, 5, seed=7)
+    generate(b, 10, 5, seed=7)
+    generate(c, 10, 5, seed=8)
+    files_a, files_b, files_c = _dir_bytes(a), _dir_bytes(b), _dir_bytes(c)
+    assert files_a == files_b
+    assert files_a.keys() == files_c.keys()
+    assert files_a["train.json"] != files_c["train.json"]
+    pngs = [k for k in files_a if k.endswith(".png")]
+    assert all(files_a[k] != files_c[k] for k in pngs)
+
+
+def test_eval_images_never_in_train(data):
+    out, _, splits = data
+
+    def hashes(records):
+        return {hashlib.sha256(_load(out, p).tobytes()).hexdigest() for r in records for p in r["image"]}
+
+    seen = hashes(splits["train"]) | hashes(splits["captions"])
+    assert not seen & hashes(splits["eval"])
+
+
+def test_collision_is_redrawn(tmp_path):
+    """Forbid exactly the images the stream would produce: every sample must be redrawn."""
+    ctx = synthetic._Ctx(64, SynthConfig())
+    slots = synthetic._plan_split(5, TASKS, ctx.cfg, np.random.default_rng(0))
+    gen = synthetic._generate_split
+    _, first, _ = gen(tmp_path / "a", "eval", slots, ctx, np.random.default_rng(1), set())
+    _, second, redraws = gen(tmp_path / "b", "eval", slots, ctx, np.random.default_rng(1), first)
+    assert redraws >= 1 and not first & second
+
+
+def test_collision_that_never_resolves_fails_loudly():
+    constant = synthetic._Item([np.zeros((4, 4, 3), np.uint8)], "q", "a", None)
+    forbidden = {synthetic.image_hash(constant.images[0])}
+    slot = synthetic._Slot("caption", 1)
+    ctx = synthetic._Ctx(64, SynthConfig())
+    with pytest.raises(RuntimeError, match="forbidden"):
+        synthetic._generate_item(lambda *_: constant, np.random.default_rng(0), ctx, slot, forbidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# The answers are true of the pixels
+# ---------------------------------------------------------------------------------------------
+
+
+def test_brightness_answer_is_brighter(data):
+    out, _, splits = data
+    recs = _mc(splits, "brightness")
+    assert recs
+    for rec in recs:
+        means = [_load(out, p).mean() for p in rec["image"]]
+        bright, dim = means[_answer_idx(rec)], means[1 - _answer_idx(rec)]
+        assert bright > dim
+        assert 1.15 < bright / dim < 1.55  # the configured ratio, survives rounding
+        assert rec["brightness_ratio"] <= 1.5
+
+
+def test_blur_answer_has_less_high_frequency_energy(data):
+    out, _, splits = data
+    recs = _mc(splits, "blur")
+    assert recs
+    for rec in recs:
+        energy = [_laplacian_energy(out, p) for p in rec["image"]]
+        assert energy[_answer_idx(rec)] < energy[1 - _answer_idx(rec)]
+        radii = rec["blur_radii"]
+        assert radii[_answer_idx(rec)] - radii[1 - _answer_idx(rec)] >= 1.0 - 1e-6
+        assert all(0.0 <= r <= 2.5 for r in radii)
+
+
+def test_blur_answers_hold_at_larger_image_size(tmp_path):
+    generate(tmp_path, 20, 0, image_size=128, tasks=["blur", "sharpest"], n_captions=0)
+    for rec in json.loads((tmp_path / "train.json").read_text()):
+        energy = [_laplacian_energy(tmp_path, p) for p in rec["image"]]
+        best = int(np.argmin(energy)) if rec["task"] == "blur" else int(np.argmax(energy))
+        assert best == _answer_idx(rec), (rec["id"], energy)
+
+
+def test_sharpest_has_3_or_4_images_and_answer_is_sharpest(data):
+    out, _, splits = data
+    recs = _mc(splits, "sharpest")
+    assert {len(r["image"]) for r in recs} == {3, 4}
+    for rec in recs:
+        energy = [_laplacian_energy(out, p) for p in rec["image"]]
+        assert int(np.argmax(energy)) == _answer_idx(rec)
+
+
+def test_count_answer_matches_recorded_counts(data):
+    _, _, splits = data
+    recs = _mc(splits, "count")
+    assert recs
+    for rec in recs:
+        counts = rec["counts"]
+        assert len(counts) == 2 and counts[0] != counts[1] and all(1 <= c <= 5 for c in counts)
+        assert int(np.argmax(counts)) == _answer_idx(rec)
+
+
+def test_change_images_differ(data):
+    out, _, splits = data
+    recs = _mc(splits, "change")
+    assert {r["change_type"] for r in recs} == set(synthetic.CHANGE_TYPES)
+    for rec in recs:
+        a, b = (_load(out, p) for p in rec["image"])
+        assert not np.array_equal(a, b)
+
+
+def test_task_subset(tmp_path):
+    summary = generate(tmp_path, 6, 3, tasks=["blur"], n_captions=0)
+    assert summary["counts"]["train"] == {"blur": 6}
+    assert summary["counts"]["captions"] == {}
+    assert json.loads((tmp_path / "captions.json").read_text()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and CLI
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_train": -1}, "n_train must be a non-negative"),
+        ({"n_eval": -3}, "n_eval must be a non-negative"),
+        ({"n_captions": -1}, "n_captions"),
+        ({"image_size": 8}, "image_size"),
+        ({"tasks": ["brightness", "hue"]}, "unknown task.*'hue'.*valid tasks: brightness, blur, count"),
+        ({"tasks": ["blur", "blur"]}, "duplicate"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    args = {"out_dir": tmp_path, "n_train": 2, "n_eval": 1} | kwargs
+    with pytest.raises(ValueError, match=match):
+        generate(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"brightness_ratio": (0.9, 1.2)},
+        {"blur_gap": 3.0},
+        {"object_count": (3, 3)},
+        {"backgrounds": ("plaid",)},
+        {"sharpest_images": ()},
+    ],
+)
+def test_bad_config(kwargs):
+    with pytest.raises(ValueError):
+        SynthConfig(**kwargs)
+
+
+def test_cli_main(tmp_path, capsys):
+    assert synthetic.main([str(tmp_path / "o"), "--train", "5", "--eval", "2", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 5 samples" in printed and "eval: 2 samples" in printed
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert meta["seed"] == 3
+
+
+def test_cli_rejects_bad_values(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        synthetic.main([str(tmp_path), "--train", "-1", "--eval", "2"])
+    assert "non-negative" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        synthetic.main([str(tmp_path), "--train", "1", "--eval", "1", "--tasks", "blur,hue"])
+    assert "valid tasks" in capsys.readouterr().err
+    assert synthetic.main([str(tmp_path), "--train", "1", "--eval", "1", "--image-size", "4"]) == 2
+    assert "image_size" in capsys.readouterr().err
