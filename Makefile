@@ -3,7 +3,6 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= outputs/demo
 
 .PHONY: setup demo test clean
 
@@ -18,9 +17,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Synthetic data -> stage 1 -> stage 2 -> held-out eval, all on CPU with the tiny model.
+# Synthetic data (configs/data/demo.yaml, made by stage 1 on first use) -> stage 1 -> stage 2
+# -> held-out eval (printed by stage 2), all on CPU with the tiny model.
 demo: $(STAMP)
-	$(BIN)/python -m llava_compare.demo --out $(DEMO_DIR)
+	rm -rf outputs/demo/stage1 outputs/demo/stage2
+	$(BIN)/python -m llava_compare.train recipe=demo_stage1 resume=never
+	$(BIN)/python -m llava_compare.train recipe=demo_stage2 resume=never
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

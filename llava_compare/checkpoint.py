@@ -7,7 +7,9 @@ An output folder holds:
 - ``model.safetensors``: the full base weights, only when the base cannot be re-fetched (a tiny
   model built from config) -- a 7B LLM is never copied, it is re-loaded from its hub id;
 - ``compressor.safetensors``: the final compressor (always: it is what stage 1 produces);
-- ``trainable.safetensors``: every parameter this stage trained (LoRA, compressor, ...).
+- ``trainable.safetensors``: every parameter this stage trained (LoRA, compressor, ...);
+- ``adapter/adapter_config.json``: the LoRA config, when the stage used LoRA (in a subfolder:
+  transformers treats an ``adapter_config.json`` beside ``config.json`` as a PEFT-only folder).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 META = "llava_compare.json"
 TRAINABLE = "trainable.safetensors"
 COMPRESSOR = "compressor.safetensors"
+ADAPTER_DIR = "adapter"
 
 
 def base_is_local(model_cfg: Mapping[str, Any]) -> bool:
@@ -63,7 +66,7 @@ def save_trained(model: nn.Module, out_dir: str | Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in base.compressor.state_dict().items()},
               str(out / COMPRESSOR))
     if hasattr(model, "peft_config"):
-        model.peft_config["default"].save_pretrained(str(out))
+        model.peft_config["default"].save_pretrained(str(out / ADAPTER_DIR))
 
 
 def load_trained(path: str | Path, merge: bool = True) -> tuple[nn.Module, LlavaCompareProcessor]:
@@ -79,7 +82,7 @@ def load_trained(path: str | Path, merge: bool = True) -> tuple[nn.Module, Llava
     else:
         model, processor = build_model(meta["model"])
     model.compressor.load_state_dict(load_file(str(path / COMPRESSOR)))
-    if (path / "adapter_config.json").is_file():
+    if (path / ADAPTER_DIR / "adapter_config.json").is_file():
         model = _load_lora(model, path, merge)
     elif (path / TRAINABLE).is_file():
         _load_named(model, load_file(str(path / TRAINABLE)))
@@ -96,6 +99,6 @@ def _load_named(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 def _load_lora(model: nn.Module, path: Path, merge: bool) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(path)))
+    peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(path / ADAPTER_DIR)))
     _load_named(peft_model, load_file(str(path / TRAINABLE)))
     return peft_model.merge_and_unload() if merge else peft_model

@@ -124,8 +124,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         else:
             lines.append(f"{task:<12} {m['n']:>5}  exact match {m['exact_match']:.3f}, token F1 {m['f1']:.3f}")
     o = summary["overall_2image_mc"]
-    lines.append(f"overall accuracy: {o['accuracy']:.3f} (chance {o['chance']:.3f})"
-                 f"  [2-image multiple-choice items, n={o['n']}]")
+    lines.append(f"overall = the {o['n']} two-image multiple-choice items")
+    lines.append(f"overall accuracy: {o['accuracy']:.3f} (chance {o['chance']:.3f})")
     return "\n".join(lines)
 
 

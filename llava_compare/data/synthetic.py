@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,7 +43,7 @@ VERSION = 1
 TASKS: tuple[str, ...] = ("brightness", "blur", "count", "change", "sharpest")
 CHANGE_TYPES: tuple[str, ...] = ("colour", "shape", "position")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-BACKGROUNDS: tuple[str, ...] = ("stripes", "checker", "mottled")
+BACKGROUNDS: tuple[str, ...] = ("stripes", "checker", "noise")
 
 # Saturated colours on muted grey backgrounds keep objects easy to tell apart at 64 px.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -55,7 +56,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 _COLOUR_NAMES = tuple(COLOURS)
 
-_BACKGROUND_WORDS = {"stripes": "striped", "checker": "checkered", "mottled": "mottled"}
+_BACKGROUND_WORDS = {"stripes": "striped", "checker": "checkered", "noise": "noisy"}
 _MOVES = {  # direction -> (dx, dy, phrase); image y grows downwards
     "left": (-1, 0, "to the left"),
     "right": (1, 0, "to the right"),
@@ -135,6 +136,8 @@ class SynthConfig:
         _check_range("blur_radius", self.blur_radius, low=0.0)
         _check_range("object_count", self.object_count, low=1)
         _check_range("object_radius", self.object_radius, low=1.0)
+        if self.content_blur_max < 0:
+            raise ValueError(f"content_blur_max must be >= 0, got {self.content_blur_max}")
         lo, hi = self.blur_radius
         if not 0 < self.blur_gap <= hi - lo:
             raise ValueError(f"blur_gap must be in (0, {hi - lo}] for blur_radius {self.blur_radius}")
@@ -212,9 +215,17 @@ def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+@lru_cache(maxsize=8)
+def _grid(size: int) -> np.ndarray:
+    """Pixel coordinates (y, x) as float32; cached, since every background of a run needs them."""
+    grid = np.mgrid[0:size, 0:size].astype(np.float32)
+    grid.flags.writeable = False  # shared between calls
+    return grid
+
+
 def _texture_levels(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
     """Texture pattern in [0, 1], shape (size, size)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = _grid(size)
     if kind == "stripes":
         angle = rng.uniform(0, np.pi)
         period = rng.uniform(size / 10, size / 4)
@@ -224,7 +235,8 @@ def _texture_levels(rng: np.random.Generator, size: int, kind: str) -> np.ndarra
         cell = rng.uniform(size / 8, size / 4)
         ox, oy = rng.uniform(0, cell, size=2)
         return (((xx + ox) // cell + (yy + oy) // cell) % 2).astype(np.float32)
-    # "mottled": low-frequency noise quantised to 3 levels, giving blobs with sharp borders.
+    # "noise": low-frequency noise quantised to 3 levels, giving blobs with sharp borders (smooth
+    # noise alone would hide blur, since blurring a smooth image barely changes it).
     grid = int(rng.integers(4, 9))
     small = rng.random((grid, grid)).astype(np.float32)
     smooth = np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC))
@@ -625,7 +637,7 @@ def _record(split: str, index: int, item: _Item, task: str, paths: list[str]) ->
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
     # Fixed options and no metadata chunks: identical arrays give identical bytes.
-    Image.fromarray(arr).save(path, format="PNG", compress_level=6, optimize=False)
+    Image.fromarray(arr).save(path, format="PNG", compress_level=1, optimize=False)
 
 
 def _generate_split(

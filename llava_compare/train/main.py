@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,6 +56,7 @@ def ensure_synth_data(cfg: DictConfig) -> None:
     if rank() == 0 and not done.is_file():
         from ..data.synthetic import generate
 
+        log.info("generating synthetic data into %s", synth.dir)
         generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size)
     deadline = time.time() + 1800
     while not done.is_file():
@@ -124,8 +126,15 @@ def resume_point(cfg: DictConfig) -> str | None:
     return cfg.resume
 
 
-def run(cfg: DictConfig) -> Path:
-    """Setup -> train -> save -> evaluate. Returns the output folder."""
+@dataclass
+class RunResult:
+    output_dir: Path
+    model: Any  # the trained model as it is in memory (a PeftModel under LoRA)
+    metrics: dict[str, Any]
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Setup -> train -> save -> evaluate."""
     setup_logging()
     set_seed(cfg.seed)
     os.environ.setdefault("WANDB_PROJECT", cfg.logger.project)
@@ -146,18 +155,18 @@ def run(cfg: DictConfig) -> Path:
         optim_cfg=OmegaConf.to_container(cfg.optim),
     )
     result = trainer.train(resume_from_checkpoint=resume_point(cfg))
+    metrics = {**result.metrics, "skipped": dict(train_set.skipped), "log_history": trainer.state.log_history}
     if train_set.skipped:
         log.warning("skipped samples by reason: %s", dict(train_set.skipped))
     if trainer.is_world_process_zero():
         save_trained(trainer.model, cfg.output_dir)
-        (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(
-            {**result.metrics, "skipped": dict(train_set.skipped)}, indent=2))
+        (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("saved stage output to %s", cfg.output_dir)
         if cfg.eval.enabled and cfg.data.eval:
             from ..evaluate import evaluate_run
 
-            evaluate_run(cfg, unwrap(trainer.model), processor)
-    return Path(cfg.output_dir)
+            metrics["eval"] = evaluate_run(cfg, unwrap(trainer.model), processor)
+    return RunResult(Path(cfg.output_dir), trainer.model, metrics)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -194,7 +194,7 @@ def test_eval_images_never_in_train(data):
 
 
 def test_collision_is_redrawn(tmp_path):
-    """Forbid exactly the images the stream would produce: every sample must be redrawn."""
+    """Forbid exactly the images the stream would produce: the first sample must be redrawn."""
     ctx = synthetic._Ctx(64, SynthConfig())
     slots = synthetic._plan_split(5, TASKS, ctx.cfg, np.random.default_rng(0))
     gen = synthetic._generate_split
@@ -277,6 +277,10 @@ def test_change_images_differ(data):
         assert not np.array_equal(a, b)
 
 
+def test_single_task_as_string(tmp_path):
+    assert generate(tmp_path, 2, 0, tasks="count")["counts"]["train"] == {"count": 2}
+
+
 def test_task_subset(tmp_path):
     summary = generate(tmp_path, 6, 3, tasks=["blur"], n_captions=0)
     assert summary["counts"]["train"] == {"blur": 6}
@@ -312,6 +316,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
         {"brightness_ratio": (0.9, 1.2)},
         {"blur_gap": 3.0},
         {"object_count": (3, 3)},
+        {"object_count": (1, 40)},
         {"backgrounds": ("plaid",)},
         {"sharpest_images": ()},
     ],

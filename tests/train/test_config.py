@@ -1,0 +1,56 @@
+"""Every shipped recipe composes against the schema; bad keys fail early, naming valid keys."""
+
+import pytest
+
+from llava_compare.train.config import ConfigError, available_recipes, compose_config
+from llava_compare.train.main import training_args
+
+REQUIRED = {"demo_stage1", "demo_stage2", "stage1_align", "stage2_lora"}
+
+
+def test_required_recipes_ship():
+    assert REQUIRED <= set(available_recipes())
+
+
+@pytest.mark.parametrize("recipe", available_recipes())
+def test_every_recipe_composes(recipe):
+    cfg = compose_config([f"recipe={recipe}"])
+    assert cfg.recipe_name == recipe and cfg.data.train, recipe
+    assert cfg.stage.name in ("align", "instruct")
+    if cfg.stage.name == "instruct":
+        assert cfg.init_from, f"{recipe}: stage 2 must name its stage-1 output"
+    training_args(cfg)  # batch arithmetic is consistent
+
+
+def test_llava15_numbers():
+    s1, s2 = compose_config(["recipe=stage1_align"]), compose_config(["recipe=stage2_lora"])
+    assert s1.model.vision.name_or_path == "openai/clip-vit-large-patch14-336"
+    assert s1.model.llm.name_or_path == "lmsys/vicuna-7b-v1.5"
+    assert (s1.optim.lr, s1.optim.global_batch_size, s1.optim.epochs, s1.data.max_length) == (1e-3, 256, 1, 2048)
+    assert (s2.peft.r, s2.peft.alpha, s2.optim.llm_lr, s2.optim.lr) == (128, 256, 2e-4, 2e-5)
+    assert (s2.optim.global_batch_size, s2.optim.epochs, s2.stage.train_llm) == (128, 1, "lora")
+
+
+def test_demo_stage2_starts_where_demo_stage1_writes():
+    assert compose_config(["recipe=demo_stage2"]).init_from == compose_config(["recipe=demo_stage1"]).output_dir
+
+
+def test_overrides_apply():
+    cfg = compose_config(["recipe=demo_stage1", "optim.lr=0.5", "model.compressor.num_queries=8"])
+    assert cfg.optim.lr == 0.5 and cfg.model.compressor.num_queries == 8
+
+
+def test_misspelled_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="valid keys under optim: .*llm_lr"):
+        compose_config(["recipe=demo_stage1", "optim.lrr=1"])
+
+
+def test_unknown_recipe_lists_available():
+    with pytest.raises(ConfigError, match="available: .*demo_stage1"):
+        compose_config(["recipe=nope"])
+
+
+def test_global_batch_must_divide():
+    cfg = compose_config(["recipe=demo_stage1", "optim.per_device_batch_size=3", "optim.global_batch_size=16"])
+    with pytest.raises(ValueError, match="not a multiple"):
+        training_args(cfg)
