@@ -84,8 +84,10 @@ def make_dataset(cfg: DictConfig, processor: Any, split: str = "train") -> Compa
         raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
                          f"'data.{split}=[{{path: data/{split}.json}}]'")
     samples = read_sources(specs, on_error=cfg.data.on_error)
-    return CompareDataset(samples, processor, make_builder(cfg, processor), cfg.data.max_length,
-                          on_error=cfg.data.on_error)
+    dataset = CompareDataset(samples, processor, make_builder(cfg, processor), cfg.data.max_length,
+                             on_error=cfg.data.on_error)
+    dataset.skipped.update(samples.skipped)  # rows the reader could not parse count too
+    return dataset
 
 
 def make_builder(cfg: DictConfig, processor: Any) -> ConversationBuilder:
