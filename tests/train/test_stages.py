@@ -122,3 +122,11 @@ def test_gradient_checkpointing_runs(synth_dir, tmp_path):
     result = run(stage_cfg("demo_stage2", synth_dir, tmp_path / "gc", 2, "init_from=null",
                            "optim.gradient_checkpointing=true"))
     assert result.metrics["train_loss"] > 0
+
+
+def test_wandb_logs_offline(synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "w", 2, "logger=wandb"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
