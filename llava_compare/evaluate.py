@@ -7,6 +7,7 @@ every task is also reported on its own next to its chance level.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .data.sample import Sample
+from .generate import generate_answer
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +56,6 @@ def option_logliks(model: nn.Module, processor: LlavaCompareProcessor, builder: 
         pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(ans))  # positions predicting ans
         scores.append(float(logp[row, pos, torch.tensor(ans)].sum()))
     return scores
-
-
-@torch.no_grad()
-def generate_answer(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
-                    sample: Sample, max_new_tokens: int = 32) -> str:
-    prompt, _ = processor.expand_image_tokens(builder.encode_prompt(sample))
-    ids = torch.tensor([prompt])
-    pixels = processor.preprocess_images(sample.images) if sample.images else None
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
-                         max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 def normalize(text: str) -> str:
@@ -161,3 +152,27 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
                                cfg.output_dir, cfg.eval.max_new_tokens)
     print(format_summary(summary), flush=True)
     return summary
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score a trained model on held-out comparison data")
+    p.add_argument("model", help="a stage output folder (outputs/demo/stage2)")
+    p.add_argument("--data", required=True, help="LLaVA-format JSON/JSONL/parquet with task/options/answer")
+    p.add_argument("--out", default=None, help="folder for eval_results.json and predictions.jsonl")
+    p.add_argument("--image-marker", default=None, choices=["interleaved", "none"],
+                   help="default: what the model was trained with")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(handler=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from .checkpoint import load_trained
+    from .data.formats import SourceSpec, read_samples
+    from .generate import builder_for
+
+    model, processor = load_trained(args.model, merge=True)
+    samples = read_samples(SourceSpec(path=args.data), on_error="skip")
+    summary = evaluate_samples(model, processor, builder_for(args.model, processor, args.image_marker),
+                               samples, args.out, args.max_new_tokens)
+    print(format_summary(summary))
+    return 0

@@ -55,3 +55,38 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(out, n_train=40, n_eval=20, seed=0, image_size=32, n_captions=40)
     return out
+
+
+def stage_cfg(recipe: str, synth_dir: Path, out: Path, steps: int, *extra: str):
+    """A demo recipe made tiny: ``steps`` optimizer steps on the tiny synthetic set, no eval."""
+    from llava_compare.train.config import compose_config
+
+    data = "captions" if recipe.endswith("1") else "train"
+    return compose_config([f"recipe={recipe}", *TINY_OVERRIDES, f"output_dir={out}",
+                           f"optim.max_steps={steps}", "optim.warmup_ratio=0", *extra,
+                           f"data.train=[{{path: {synth_dir}/{data}.json}}]", "data.eval=[]",
+                           "eval.enabled=false"])
+
+
+@pytest.fixture(scope="session")
+def stage1_run(synth_dir, tmp_path_factory):
+    """(initial model, RunResult) of a 30-step tiny stage 1."""
+    from llava_compare.model.build import build_model
+    from llava_compare.train.main import run
+
+    cfg = stage_cfg("demo_stage1", synth_dir, tmp_path_factory.mktemp("stage1"), 30, "optim.lr=2e-2")
+    initial, _ = build_model(cfg.model)
+    return initial, run(cfg)
+
+
+@pytest.fixture(scope="session")
+def stage2_run(stage1_run, synth_dir, tmp_path_factory):
+    """(stage-1 model, RunResult) of a 30-step tiny LoRA stage 2 from ``stage1_run``."""
+    from llava_compare.checkpoint import load_trained
+    from llava_compare.train.main import run
+
+    s1 = stage1_run[1]
+    start, _ = load_trained(s1.output_dir)
+    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path_factory.mktemp("stage2"), 30,
+                    f"init_from={s1.output_dir}", "optim.lr=3e-3", "optim.llm_lr=3e-3")
+    return start, run(cfg)

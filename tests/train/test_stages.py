@@ -7,14 +7,7 @@ from llava_compare.checkpoint import load_trained, unwrap
 from llava_compare.model.build import build_model
 from llava_compare.train.config import compose_config
 from llava_compare.train.main import run
-from tests.conftest import TINY_OVERRIDES
-
-
-def stage_cfg(recipe, synth_dir, out, steps, *extra):
-    return compose_config([f"recipe={recipe}", *TINY_OVERRIDES, f"output_dir={out}",
-                           f"optim.max_steps={steps}", "optim.warmup_ratio=0", *extra,
-                           f"data.train=[{{path: {synth_dir}/{'captions' if recipe.endswith('1') else 'train'}.json}}]",
-                           "data.eval=[]", "eval.enabled=false"])
+from tests.conftest import stage_cfg
 
 
 def params(model, component):
@@ -26,16 +19,8 @@ def first_last_loss(metrics):
     return sum(losses[:3]) / 3, sum(losses[-3:]) / 3
 
 
-@pytest.fixture(scope="module")
-def stage1(synth_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("stage1")
-    cfg = stage_cfg("demo_stage1", synth_dir, out, 30, "optim.lr=2e-2")
-    initial, _ = build_model(cfg.model)
-    return initial, run(cfg)
-
-
-def test_stage1_trains_only_the_compressor(stage1):
-    initial, result = stage1
+def test_stage1_trains_only_the_compressor(stage1_run):
+    initial, result = stage1_run
     for comp in ("vision_tower", "language_model"):
         before, after = params(initial, comp), params(result.model, comp)
         assert before.keys() == after.keys()
@@ -60,8 +45,8 @@ def _processor(cfg):
     return build_model(cfg.model)[1]
 
 
-def test_stage1_loss_decreases(stage1, synth_dir, tmp_path):
-    initial, result = stage1
+def test_stage1_loss_decreases(stage1_run, synth_dir, tmp_path):
+    initial, result = stage1_run
     cfg = stage_cfg("demo_stage1", synth_dir, tmp_path, 1)
     # A frozen random LLM leaves the compressor little room (its logits are near-uniform), so
     # the drop is small but steady; a compressor that does not learn leaves it flat.
@@ -69,20 +54,16 @@ def test_stage1_loss_decreases(stage1, synth_dir, tmp_path):
     assert after < before - 0.02, (before, after)
 
 
-def test_stage1_output_reloads_the_trained_compressor(stage1):
-    _, result = stage1
+def test_stage1_output_reloads_the_trained_compressor(stage1_run):
+    _, result = stage1_run
     reloaded, _ = load_trained(result.output_dir)
     trained = params(result.model, "compressor")
     assert all(torch.equal(trained[k], v) for k, v in params(reloaded, "compressor").items())
 
 
-def test_stage2_trains_only_lora_and_compressor(stage1, synth_dir, tmp_path):
-    _, s1 = stage1
-    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "s2", 30, f"init_from={s1.output_dir}",
-                    "optim.lr=3e-3", "optim.llm_lr=3e-3")
-    start, _ = load_trained(s1.output_dir)
+def test_stage2_trains_only_lora_and_compressor(stage2_run):
+    start, result = stage2_run
     before = {n: p.detach().clone() for n, p in start.named_parameters()}
-    result = run(cfg)
     trained = {n for n, p in result.model.named_parameters() if p.requires_grad}
     assert trained and all(("lora_" in n) or (".compressor." in n) for n in trained)
     assert any("lora_" in n for n in trained) and any(".compressor." in n for n in trained)
@@ -98,8 +79,8 @@ def test_stage2_trains_only_lora_and_compressor(stage1, synth_dir, tmp_path):
     assert not any("lora_" in n for n, _ in merged.named_parameters())
 
 
-def test_stage2_full_finetune_option(stage1, synth_dir, tmp_path):
-    _, s1 = stage1
+def test_stage2_full_finetune_option(stage1_run, synth_dir, tmp_path):
+    _, s1 = stage1_run
     cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "full", 2, f"init_from={s1.output_dir}",
                     "stage=instruct_full", "peft=none")
     result = run(cfg)
