@@ -156,7 +156,7 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a trained model on held-out comparison data")
-    p.add_argument("model", help="a stage output folder (outputs/demo/stage2)")
+    p.add_argument("model", help="a stage output folder, a checkpoint-N folder, an export folder or a hub id")
     p.add_argument("--data", required=True, help="LLaVA-format JSON/JSONL/parquet with task/options/answer")
     p.add_argument("--out", default=None, help="folder for eval_results.json and predictions.jsonl")
     p.add_argument("--image-marker", default=None, choices=["interleaved", "none"],
@@ -166,11 +166,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .checkpoint import load_trained
     from .data.formats import SourceSpec, read_samples
-    from .generate import builder_for
+    from .generate import builder_for, load_for_inference
 
-    model, processor = load_trained(args.model, merge=True)
+    model, processor = load_for_inference(args.model)
     samples = read_samples(SourceSpec(path=args.data), on_error="skip")
     summary = evaluate_samples(model, processor, builder_for(args.model, processor, args.image_marker),
                                samples, args.out, args.max_new_tokens)

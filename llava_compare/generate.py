@@ -16,10 +16,37 @@ from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
 
 
+def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
+    """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
+    an export folder or a hub id. LoRA is merged; the model is in eval mode."""
+    from .checkpoint import META, TRAINABLE, _load_named, load_trained
+
+    path = Path(ref)
+    if (path / META).is_file():  # a finished stage
+        model, processor = load_trained(path, merge=False)
+    elif (path / TRAINABLE).is_file() and (path.parent / META).is_file():  # a mid-run checkpoint
+        from safetensors.torch import load_file
+
+        model, processor = load_trained(path.parent, merge=False)
+        _load_named(model, load_file(str(path / TRAINABLE)))
+    else:  # an export folder or a hub id
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        import llava_compare  # noqa: F401  (registers the Auto classes)
+
+        return AutoModelForImageTextToText.from_pretrained(ref).eval(), AutoProcessor.from_pretrained(ref)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.eval(), processor
+
+
 def training_config(model_dir: str | Path) -> dict[str, Any]:
     """The resolved training config saved with a stage output ({} for other folders)."""
-    meta = Path(model_dir) / "llava_compare.json"
-    return json.loads(meta.read_text()).get("config", {}) if meta.is_file() else {}
+    for folder in (Path(model_dir), Path(model_dir).parent):  # a stage output or one of its checkpoints
+        meta = folder / "llava_compare.json"
+        if meta.is_file():
+            return json.loads(meta.read_text()).get("config", {})
+    return {}
 
 
 def builder_for(model_dir: str | Path, processor: LlavaCompareProcessor,
@@ -52,7 +79,7 @@ def generate_answer(model: nn.Module, processor: LlavaCompareProcessor, builder:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer a question about N images")
-    p.add_argument("model", help="a stage output folder")
+    p.add_argument("model", help="a stage output folder, a checkpoint-N folder, an export folder or a hub id")
     p.add_argument("--image", action="append", required=True, help="repeat once per image, in order")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -60,9 +87,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .checkpoint import load_trained
-
-    model, processor = load_trained(args.model, merge=True)
+    model, processor = load_for_inference(args.model)
     builder = builder_for(args.model, processor)
     print(generate_answer(model.eval(), processor, builder, question_sample(args.prompt, args.image),
                           args.max_new_tokens))
