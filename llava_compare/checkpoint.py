@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data.processor import LlavaCompareProcessor
-from .model.build import build_model
+from .model.build import build_model, quantization_config
 from .model.modeling import LlavaCompareForConditionalGeneration
 from .train.stages import trainable_state_dict
 
@@ -58,29 +58,39 @@ def save_base(model: LlavaCompareForConditionalGeneration, processor: LlavaCompa
     (out / META).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def save_trained(model: nn.Module, out_dir: str | Path) -> None:
-    """After training: the trained parameters, the compressor, and the LoRA config if any."""
+def save_trained(model: nn.Module, out_dir: str | Path,
+                 trained: dict[str, torch.Tensor] | None = None) -> None:
+    """After training: the trained parameters (``trained``: gathered ones under ZeRO-3/FSDP),
+    the compressor, and the LoRA config if any."""
     out = Path(out_dir)
-    save_file(trainable_state_dict(model), str(out / TRAINABLE))
-    base = unwrap(model)
-    save_file({k: v.detach().cpu().contiguous() for k, v in base.compressor.state_dict().items()},
-              str(out / COMPRESSOR))
+    trained = trainable_state_dict(model) if trained is None else trained
+    save_file(trained, str(out / TRAINABLE))
+    compressor = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).compressor.state_dict().items()}
+    for name, tensor in trained.items():  # the trained values win over a possibly sharded module
+        if "compressor." in name:
+            compressor[name.split("compressor.", 1)[1]] = tensor
+    save_file(compressor, str(out / COMPRESSOR))
     if hasattr(model, "peft_config"):
         model.peft_config["default"].save_pretrained(str(out / ADAPTER_DIR))
 
 
-def load_trained(path: str | Path, merge: bool = True) -> tuple[nn.Module, LlavaCompareProcessor]:
-    """Rebuild a stage output. With ``merge``, LoRA is merged into the LLM (plain model back)."""
+def load_trained(path: str | Path, merge: bool = True, load_in_4bit: bool = False
+                 ) -> tuple[nn.Module, LlavaCompareProcessor]:
+    """Rebuild a stage output. With ``merge``, LoRA is merged into the LLM (plain model back).
+    ``load_in_4bit`` loads the LLM in 4-bit NF4 (QLoRA on top of a stage-1 output)."""
     path = Path(path)
     if not (path / META).is_file():
         raise FileNotFoundError(f"{path} is not a llava_compare stage output (no {META}); "
                                 "pass the output_dir of a finished stage-1/stage-2 run")
     meta = json.loads((path / META).read_text())
+    meta["model"]["llm"]["load_in_4bit"] = load_in_4bit
     if (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
-        model = LlavaCompareForConditionalGeneration.from_pretrained(path)
+        model = LlavaCompareForConditionalGeneration.from_pretrained(
+            path, quantization_config=quantization_config(meta["model"]))
         processor = LlavaCompareProcessor.from_pretrained(path)
     else:
-        model, processor = build_model(meta["model"])
+        # compressor_init is only a starting point: the trained compressor is loaded just below
+        model, processor = build_model({**meta["model"], "compressor_init": None})
     model.compressor.load_state_dict(load_file(str(path / COMPRESSOR)))
     if (path / ADAPTER_DIR / "adapter_config.json").is_file():
         model = _load_lora(model, path, merge)

@@ -20,7 +20,7 @@ def _synth_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import evaluate, generate
+    from . import evaluate, export, generate, projector_import
 
     parser = argparse.ArgumentParser(prog="llava-compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     _synth_cli(sub)
     evaluate.add_cli(sub)
     generate.add_cli(sub)
+    export.add_cli(sub)
+    projector_import.add_cli(sub)
     return parser
 
 

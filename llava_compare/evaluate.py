@@ -1,146 +1,92 @@
-"""Evaluation on held-out comparison data: multiple choice by option log-likelihood, free-form
-answers by greedy generation (normalised exact match and token F1).
+"""Evaluation on held-out comparison data (``llava-compare eval``; also run at the end of training).
 
-``overall accuracy`` is over the 2-image multiple-choice items (the demo's headline number);
-every task is also reported on its own next to its chance level.
+Multiple choice is scored by option log-likelihood (default, deterministic) or by
+generate-then-parse (``--mode generate``); free-form answers by greedy generation with normalised
+exact match and token F1. Accuracy is reported overall, per task and per question type; ``overall
+accuracy`` is over the 2-image multiple-choice items (the demo's headline number), every task is
+also reported on its own next to its chance level.
+
+The pieces live in ``llava_compare.eval``: ``formats`` (mcq, qbench2, micbench, open readers),
+``scoring`` (batched forward passes, parsing), ``metrics`` (summary) and ``report`` (results.json,
+predictions.jsonl, report.html, wandb). This module keeps the public API and the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import re
-import string
-from collections import defaultdict
+import shlex
+import sys
+import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .data.sample import Sample
-from .generate import generate_answer
+from .eval.formats import EVAL_FORMATS
+from .eval.metrics import format_summary, normalize, summarize, token_f1  # noqa: F401  (public API)
+from .eval.scoring import (MODES, PADDING_SIDES, batch_option_logliks, ensure_prepared, prepare_all,
+                           score_items)
 
 log = logging.getLogger(__name__)
 
-
-def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+__all__ = ["evaluate_samples", "evaluate_run", "summarize", "format_summary", "option_logliks", "score_sample",
+           "token_f1", "normalize", "add_cli", "run_cli"]
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-    return ids, mask
-
-
-@torch.no_grad()
 def option_logliks(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
                    sample: Sample, options: Sequence[str]) -> list[float]:
     """Sum of log p(option tokens | prompt, images) for each option, in one batched forward."""
-    prompt, _ = processor.expand_image_tokens(builder.encode_prompt(sample))
-    answers = [builder.encode_answer(o) for o in options]
-    ids, mask = _pad([prompt + a for a in answers], processor.tokenizer.pad_token_id)
-    pixels = processor.preprocess_images(sample.images) if sample.images else None
-    pixels = pixels.repeat(len(options), 1, 1, 1) if pixels is not None else None
-    logp = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits.float().log_softmax(-1)
-    scores = []
-    for row, ans in enumerate(answers):
-        pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(ans))  # positions predicting ans
-        scores.append(float(logp[row, pos, torch.tensor(ans)].sum()))
-    return scores
-
-
-def normalize(text: str) -> str:
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
-
-
-def token_f1(pred: str, gold: str) -> float:
-    p, g = normalize(pred).split(), normalize(gold).split()
-    common = sum(min(p.count(w), g.count(w)) for w in set(p))
-    if not p or not g or not common:
-        return float(p == g)
-    prec, rec = common / len(p), common / len(g)
-    return 2 * prec * rec / (prec + rec)
+    return batch_option_logliks(model, processor, builder, [(sample, options)])[0]
 
 
 def score_sample(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
-                 sample: Sample, max_new_tokens: int = 32) -> dict[str, Any]:
-    meta = sample.meta
-    rec: dict[str, Any] = {"id": sample.id, "task": meta.get("task", "unknown"),
-                           "num_images": len(sample.images), "answer": meta.get("answer")}
-    if meta.get("options"):
-        scores = option_logliks(model, processor, builder, sample, meta["options"])
-        rec["prediction"] = meta["options"][max(range(len(scores)), key=scores.__getitem__)]
-        rec.update(scores=scores, correct=rec["prediction"] == meta["answer"], chance=1 / len(meta["options"]))
-    else:
-        rec["prediction"] = generate_answer(model, processor, builder, sample, max_new_tokens)
-        rec.update(exact_match=normalize(rec["prediction"]) == normalize(meta.get("answer", "")),
-                   f1=token_f1(rec["prediction"], meta.get("answer", "")))
-    return rec
-
-
-def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-task accuracy (MC) or EM/F1 (open), and the 2-image MC overall with its chance."""
-    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        by_task[r["task"]].append(r)
-    tasks: dict[str, dict[str, Any]] = {}
-    for task, rs in sorted(by_task.items()):
-        if "correct" in rs[0]:
-            tasks[task] = {"n": len(rs), "accuracy": sum(r["correct"] for r in rs) / len(rs),
-                           "chance": sum(r["chance"] for r in rs) / len(rs)}
-        else:
-            tasks[task] = {"n": len(rs), "exact_match": sum(r["exact_match"] for r in rs) / len(rs),
-                           "f1": sum(r["f1"] for r in rs) / len(rs)}
-    mc2 = [r for r in records if "correct" in r and r["num_images"] == 2]
-    overall = {"n": len(mc2), "accuracy": sum(r["correct"] for r in mc2) / max(len(mc2), 1),
-               "chance": sum(r["chance"] for r in mc2) / max(len(mc2), 1)}
-    return {"tasks": tasks, "overall_2image_mc": overall}
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"{'task':<12} {'n':>5}  {'accuracy':>8}  {'chance':>6}"]
-    for task, m in summary["tasks"].items():
-        if "accuracy" in m:
-            lines.append(f"{task:<12} {m['n']:>5}  {m['accuracy']:>8.3f}  {m['chance']:>6.3f}")
-        else:
-            lines.append(f"{task:<12} {m['n']:>5}  exact match {m['exact_match']:.3f}, token F1 {m['f1']:.3f}")
-    o = summary["overall_2image_mc"]
-    lines.append(f"overall = the {o['n']} two-image multiple-choice items")
-    lines.append(f"overall accuracy: {o['accuracy']:.3f} (chance {o['chance']:.3f})")
-    return "\n".join(lines)
+                 sample: Sample, max_new_tokens: int = 32, mode: str = "loglik") -> dict[str, Any]:
+    """The prediction record of one item (see ``llava_compare.eval.scoring``)."""
+    return score_items(model, processor, builder, [ensure_prepared(sample)], mode, 1, max_new_tokens,
+                       progress=False)[0]
 
 
 def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
                      samples: Sequence[Sample], out_dir: str | Path | None = None,
-                     max_new_tokens: int = 32) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+                     max_new_tokens: int = 32, *, mode: str = "loglik", batch_size: int = 8,
+                     padding_side: str = "right", run_info: dict[str, Any] | None = None,
+                     report_max_items: int | None = 1000, progress: bool = True,
+                     wandb: bool = False, wandb_project: str | None = None) -> dict[str, Any]:
+    """Score ``samples`` and return the summary; with ``out_dir``, write results.json,
+    predictions.jsonl and report.html there. Samples from the training readers are taken as
+    ``mcq`` items (options -> multiple choice, none -> free form)."""
+    from .eval import report
 
+    was_training = model.training
     model.eval()
-    records = [score_sample(model, processor, builder, s, max_new_tokens)
-               for s in tqdm(samples, desc="eval", leave=False)]
+    start = time.time()
+    kept, skipped = prepare_all(samples)
+    if skipped:
+        log.warning("skipped %d items: %s", sum(skipped.values()), skipped)
+    try:
+        records = score_items(model, processor, builder, kept, mode, batch_size, max_new_tokens,
+                              padding_side, progress)
+    finally:
+        model.train(was_training)
     summary = summarize(records)
+    if skipped:
+        summary["skipped"] = skipped
+    info = {**(run_info or {}), "mode": mode, "batch_size": batch_size, "padding_side": padding_side,
+            "max_new_tokens": max_new_tokens, "runtime_s": round(time.time() - start, 3)}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_results.json").write_text(json.dumps(summary, indent=2))
-        with open(out / "predictions.jsonl", "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        report.write_outputs(out_dir, records, kept, summary, info, report_max_items)
+    if wandb:
+        report.log_wandb(records, kept, summary, info, project=wandb_project)
     return summary
 
 
 def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -> dict[str, Any]:
-    """Evaluate a just-trained model on ``cfg.data.eval``; prints the table."""
+    """Evaluate a just-trained model on ``cfg.data.eval``; prints the table. Outputs go to
+    ``<output_dir>/eval/``."""
     from omegaconf import OmegaConf
 
     from .data.formats import SourceSpec, read_sources
@@ -148,30 +94,109 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
 
     specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data.eval]
     samples = read_sources(specs, on_error="skip")
+    info = {"model": {"path": str(Path(cfg.output_dir).resolve()), "source": "end of training"},
+            "data": {"paths": [s.path for s in specs], "format": "mcq", "skipped": dict(samples.skipped)}}
     summary = evaluate_samples(model, processor, make_builder(cfg, processor), samples,
-                               cfg.output_dir, cfg.eval.max_new_tokens)
+                               Path(cfg.output_dir) / "eval", cfg.eval.max_new_tokens,
+                               batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info)
     print(format_summary(summary), flush=True)
     return summary
 
 
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+_EVAL_PARSER: argparse.ArgumentParser | None = None
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score a trained model on held-out comparison data")
+    p = sub.add_parser("eval", help="score a trained model on held-out comparison data",
+                       description="Score a model on multiple-choice / free-form multi-image data. "
+                                   "Formats: " + ", ".join(EVAL_FORMATS) + " (see docs/evaluation.md).")
     p.add_argument("model", help="a stage output folder, a checkpoint-N folder, an export folder or a hub id")
-    p.add_argument("--data", required=True, help="LLaVA-format JSON/JSONL/parquet with task/options/answer")
-    p.add_argument("--out", default=None, help="folder for eval_results.json and predictions.jsonl")
+    p.add_argument("--data", required=True, help="a .json/.jsonl/.parquet file, a folder of them, or a hub dataset id")
+    p.add_argument("--format", default="mcq", choices=EVAL_FORMATS,
+                   help="mcq: LLaVA rows with task/options/answer (synthetic eval.json); qbench2: Q-Bench2 "
+                        "A1-pair rows; micbench: 3-4 images; open: free-form answers (default: mcq)")
+    p.add_argument("--split", default=None, help="split of a hub dataset (local files are read whole)")
+    p.add_argument("--image-root", default=None, help="folder relative image paths are joined with "
+                                                      "(default: the data file's folder)")
+    p.add_argument("--out", default=None, help="folder for results.json, predictions.jsonl and report.html")
+    p.add_argument("--mode", default="loglik", choices=MODES,
+                   help="multiple choice by option log-likelihood (default) or generate-then-parse")
+    p.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default 8)")
+    p.add_argument("--padding-side", default="right", choices=PADDING_SIDES,
+                   help="padding of option-scoring batches (generation always pads left)")
+    p.add_argument("--max-items", type=int, default=None, help="score only the first N items")
     p.add_argument("--image-marker", default=None, choices=["interleaved", "none"],
                    help="default: what the model was trained with")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--report-max-items", type=int, default=1000,
+                   help="items shown in report.html, wrong answers first (default 1000)")
+    p.add_argument("--wandb", action="store_true",
+                   help="log a wandb table (also on when WANDB_MODE is set and a project is given)")
+    p.add_argument("--wandb-project", default=None, help="default: $WANDB_PROJECT or llava_compare")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_cli)
+    global _EVAL_PARSER
+    _EVAL_PARSER = p
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed when this process was started with it, else rebuilt from ``args``."""
+    parser = _EVAL_PARSER
+    typed = sys.argv[1:]
+    if parser is None:
+        return ""
+    if typed[:1] == ["eval"]:
+        try:
+            again = vars(parser.parse_args(typed[1:]))
+        except SystemExit:
+            again = None
+        if again is not None and all(again.get(k) == v for k, v in vars(args).items() if k != "handler"):
+            return shlex.join(["llava-compare", *typed])
+    parts = ["llava-compare", "eval", args.model]
+    for action in parser._actions:  # noqa: SLF001  (argparse has no public list of its options)
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "help" or value == action.default:
+            continue
+        parts += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+    return shlex.join(parts)
+
+
+def model_info(ref: str) -> dict[str, Any]:
+    from .generate import training_config
+
+    path = Path(ref)
+    kind = ("stage output" if (path / "llava_compare.json").is_file() else
+            "checkpoint" if (path.parent / "llava_compare.json").is_file() else
+            "export folder" if path.is_dir() else "hub id")
+    info: dict[str, Any] = {"ref": ref, "kind": kind, "path": str(path.resolve()) if path.exists() else None}
+    cfg = training_config(ref)
+    if cfg:
+        info.update(run_name=cfg.get("run_name"), image_marker=cfg.get("data", {}).get("image_marker"))
+    return info
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .data.formats import SourceSpec, read_samples
+    from .eval.formats import read_eval_data
+    from .eval.report import wandb_wanted
     from .generate import builder_for, load_for_inference
 
+    data = read_eval_data(args.data, args.format, split=args.split, image_root=args.image_root,
+                          max_items=args.max_items)
     model, processor = load_for_inference(args.model)
-    samples = read_samples(SourceSpec(path=args.data), on_error="skip")
+    info = {"command": command_line(args), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": model_info(args.model), "data": data.info}
     summary = evaluate_samples(model, processor, builder_for(args.model, processor, args.image_marker),
-                               samples, args.out, args.max_new_tokens)
+                               data.samples, args.out, args.max_new_tokens, mode=args.mode,
+                               batch_size=args.batch_size, padding_side=args.padding_side, run_info=info,
+                               report_max_items=args.report_max_items, progress=not args.no_progress,
+                               wandb=wandb_wanted(args.wandb, args.wandb_project),
+                               wandb_project=args.wandb_project)
     print(format_summary(summary))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'results.json'}, predictions.jsonl and report.html", file=sys.stderr)
     return 0

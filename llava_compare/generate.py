@@ -20,21 +20,18 @@ def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcesso
     """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
     an export folder or a hub id. LoRA is merged; the model is in eval mode."""
     from .checkpoint import META, TRAINABLE, _load_named, load_trained
+    from .export import is_export, load_exported
 
     path = Path(ref)
-    if (path / META).is_file():  # a finished stage
+    if (path / META).is_file() and not is_export(path):  # a finished stage
         model, processor = load_trained(path, merge=False)
     elif (path / TRAINABLE).is_file() and (path.parent / META).is_file():  # a mid-run checkpoint
         from safetensors.torch import load_file
 
         model, processor = load_trained(path.parent, merge=False)
         _load_named(model, load_file(str(path / TRAINABLE)))
-    else:  # an export folder or a hub id
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        import llava_compare  # noqa: F401  (registers the Auto classes)
-
-        return AutoModelForImageTextToText.from_pretrained(ref).eval(), AutoProcessor.from_pretrained(ref)
+    else:  # an export folder or a hub id (native, remote-code, llava-hf, or base + adapter/)
+        return load_exported(ref)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model.eval(), processor
@@ -46,6 +43,10 @@ def training_config(model_dir: str | Path) -> dict[str, Any]:
         meta = folder / "llava_compare.json"
         if meta.is_file():
             return json.loads(meta.read_text()).get("config", {})
+    if not Path(model_dir).exists():  # a hub id: its export carries llava_compare.json
+        from .export import read_meta
+
+        return read_meta(model_dir).get("config", {})
     return {}
 
 
@@ -83,12 +84,20 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", action="append", required=True, help="repeat once per image, in order")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--stream", action="store_true", help="print the answer token by token as it is generated")
     p.set_defaults(handler=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     model, processor = load_for_inference(args.model)
     builder = builder_for(args.model, processor)
-    print(generate_answer(model.eval(), processor, builder, question_sample(args.prompt, args.image),
-                          args.max_new_tokens))
+    streamer = None
+    if getattr(args, "stream", False):
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    answer = generate_answer(model.eval(), processor, builder, question_sample(args.prompt, args.image),
+                             args.max_new_tokens, streamer=streamer)
+    if streamer is None:  # the streamer has already printed it
+        print(answer)
     return 0

@@ -1,14 +1,16 @@
 """Scoring: option log-likelihood picks the option the model prefers, metrics add up, the CLI
-commands (eval, generate, synth) run on a trained tiny model."""
+commands (eval, generate, synth) run on a trained tiny model, the end-of-training eval prints its
+table. More eval tests (formats, batching, generate mode, report, wandb) are in tests/eval/."""
 
 import json
+import re
 
 import pytest
 
 from llava_compare.checkpoint import load_trained
 from llava_compare.cli import main as cli_main
 from llava_compare.data.formats import SourceSpec, read_samples
-from llava_compare.evaluate import evaluate_samples, option_logliks, summarize, token_f1
+from llava_compare.evaluate import evaluate_run, evaluate_samples, option_logliks, summarize, token_f1
 from llava_compare.generate import builder_for
 
 
@@ -51,7 +53,8 @@ def test_cli_eval_and_generate(stage2_run, synth_dir, tmp_path, capsys):
     assert cli_main(["eval", str(out), "--data", str(synth_dir / "eval.json"), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("overall accuracy: ") and "(chance 0.500)" in printed[-1]
-    assert (tmp_path / "eval_results.json").is_file()
+    for name in ("results.json", "predictions.jsonl", "report.html"):
+        assert (tmp_path / name).is_file()
     rec = json.loads((synth_dir / "eval.json").read_text())[0]
     images = [str(synth_dir / p) for p in rec["image"]]
     args = ["generate", str(out), "--prompt", "Which image is brighter?", "--max-new-tokens", "4"]
@@ -64,3 +67,33 @@ def test_cli_eval_and_generate(stage2_run, synth_dir, tmp_path, capsys):
 def test_cli_synth(tmp_path, capsys):
     assert cli_main(["synth", str(tmp_path / "s"), "--train", "5", "--eval", "5", "--image-size", "32"]) == 0
     assert len(json.loads((tmp_path / "s" / "train.json").read_text())) == 5
+
+
+def test_evaluate_run_prints_table_ending_with_overall_line(stage2_run, synth_dir, tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import stage_cfg
+
+    out = stage2_run[1].output_dir
+    model, processor = load_trained(out)
+    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path, 1)
+    OmegaConf.update(cfg, "data.eval", [{"path": str(synth_dir / "eval.json")}], merge=False)
+    summary = evaluate_run(cfg, model, processor)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"overall accuracy: \d\.\d{3} \(chance 0\.500\)", lines[-1])
+    assert lines[-1] == f"overall accuracy: {summary['overall_2image_mc']['accuracy']:.3f} (chance 0.500)"
+    assert {t for t in summary["tasks"]} == {"blur", "brightness", "change", "count", "sharpest"}
+    assert (tmp_path / "eval" / "results.json").is_file() and (tmp_path / "eval" / "report.html").is_file()
+
+
+def test_open_format_exact_match_and_f1_from_predictions(stage2_run, synth_dir, tmp_path):
+    out = stage2_run[1].output_dir
+    model, processor = load_trained(out)
+    assert cli_main(["eval", str(out), "--data", str(synth_dir / "eval.json"), "--format", "open",
+                     "--max-items", "5", "--max-new-tokens", "4", "--out", str(tmp_path), "--no-progress"]) == 0
+    preds = [json.loads(line) for line in open(tmp_path / "predictions.jsonl")]
+    gold = {r["id"]: r["answer"] for r in json.loads((synth_dir / "eval.json").read_text())}
+    assert len(preds) == 5 and all("correct" not in p for p in preds)
+    open_m = json.loads((tmp_path / "results.json").read_text())["metrics"]["open"]
+    assert open_m["exact_match"] == sum(p["prediction"].strip().lower() == gold[p["id"]].lower() for p in preds) / 5
+    assert open_m["f1"] == pytest.approx(sum(token_f1(p["prediction"], gold[p["id"]]) for p in preds) / 5)

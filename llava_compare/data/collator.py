@@ -1,8 +1,11 @@
-"""Collator: pads text to ``[B, S]`` and flattens all images of the batch to ``[N_img, 3, H, W]``.
+"""Collator: text to ``[B, S]``, all images of the batch flattened to ``[N_img, 3, H, W]``.
 
 ``None`` items (samples the dataset skipped) are dropped here, so one bad sample never kills a
-step. Images keep reading order: sample 0's images, then sample 1's, ... which is the order the
-model scatters them into placeholder runs.
+step. With ``packing``, the batch's samples are packed first-fit-decreasing into as few rows of
+``max_length`` tokens as they fit, with position ids restarting at 0 per sample and
+``segment_ids`` (1, 2, ... per sample in a row; 0 = padding) from which the model builds a
+block-diagonal mask, so packed samples never attend to each other. Images are ordered by where
+their placeholders land (row-major), which is the order the model scatters them in.
 """
 
 from __future__ import annotations
@@ -14,26 +17,71 @@ import torch
 from .conversation import IGNORE
 
 
+def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into rows of total length <= capacity, longest first (FFD bin packing)."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        if lengths[i] > capacity:
+            raise ValueError(f"sample of {lengths[i]} tokens does not fit max_length {capacity}")
+        slot = next((r for r, f in enumerate(free) if f >= lengths[i]), None)
+        if slot is None:
+            rows.append([])
+            free.append(capacity)
+            slot = len(rows) - 1
+        rows[slot].append(i)
+        free[slot] -= lengths[i]
+    return rows
+
+
 class CompareCollator:
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
-        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+    def __init__(self, pad_token_id: int, packing: bool = False, max_length: int | None = None,
+                 pad_to_multiple_of: int | None = None):
+        if packing and not max_length:
+            raise ValueError("packing needs max_length (the packed row length)")
+        self.pad_token_id, self.packing, self.max_length = pad_token_id, packing, max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         items = [it for it in items if it is not None]
         if not items:
             # Every sample of this batch was skipped; the trainer treats an empty batch as a no-op.
             return {"input_ids": torch.zeros(0, 0, dtype=torch.long)}
-        width = max(len(it["input_ids"]) for it in items)
+        if self.packing:
+            rows = pack_first_fit([len(it["input_ids"]) for it in items], self.max_length)
+        else:
+            rows = [[i] for i in range(len(items))]
+        return self._layout(items, rows)
+
+    def _width(self, items: Sequence[dict[str, Any]], rows: list[list[int]]) -> int:
+        width = max(sum(len(items[i]["input_ids"]) for i in row) for row in rows)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, it in enumerate(items):
-            n = len(it["input_ids"])
-            ids[row, :n], labels[row, :n], mask[row, :n] = it["input_ids"], it["labels"], 1
-        batch: dict[str, Any] = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        pixels = [it["pixel_values"] for it in items if "pixel_values" in it]
+        return width
+
+    def _layout(self, items: Sequence[dict[str, Any]], rows: list[list[int]]) -> dict[str, Any]:
+        width = self._width(items, rows)
+        shape = (len(rows), width)
+        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        labels = torch.full(shape, IGNORE, dtype=torch.long)
+        segments = torch.zeros(shape, dtype=torch.long)
+        positions = torch.zeros(shape, dtype=torch.long)
+        pixels = []
+        for r, row in enumerate(rows):
+            start = 0
+            for seg, i in enumerate(row, start=1):
+                n = len(items[i]["input_ids"])
+                ids[r, start:start + n], labels[r, start:start + n] = items[i]["input_ids"], items[i]["labels"]
+                segments[r, start:start + n] = seg
+                positions[r, start:start + n] = torch.arange(n)
+                if "pixel_values" in items[i]:
+                    pixels.append(items[i]["pixel_values"])
+                start += n
+        batch: dict[str, Any] = {"input_ids": ids, "labels": labels}
+        if self.packing:
+            batch.update(segment_ids=segments, position_ids=positions)
+        else:
+            batch["attention_mask"] = (segments > 0).long()
         if pixels:
             batch["pixel_values"] = torch.cat(pixels)  # [N_img, 3, H, W]
         return batch

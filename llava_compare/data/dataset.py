@@ -52,6 +52,13 @@ class CompareDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def estimated_lengths(self) -> list[int]:
+        """Cheap token-count estimates for length-grouped sampling, without reading images or
+        tokenising: image tokens are exact, text is ~4 characters per token."""
+        per_image = self.processor.tokens_per_image
+        return [len(s.images) * per_image + sum(len(m.content) for m in s.messages) // 4
+                for s in self.samples]
+
     def fit_budget(self, sample: Sample) -> Encoded:
         """Expanded ids/labels within ``max_length`` (see module docstring)."""
         for candidate in _trailing_trims(sample):

@@ -45,6 +45,33 @@ def resolve_attn_implementation(requested: str = "auto") -> str:
     return choice
 
 
+# Kept in full precision under QLoRA: the ViT, the compressor we train, and the output head.
+NOT_QUANTIZED = ["vision_tower", "compressor", "lm_head"]
+
+
+def quantization_config(model_cfg: Mapping[str, Any]) -> Any:
+    """bitsandbytes 4-bit NF4 (QLoRA) for the LLM when ``llm.load_in_4bit``, else None."""
+    if not model_cfg["llm"].get("load_in_4bit"):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=DTYPES[model_cfg.get("dtype", "float32")],
+                              llm_int8_skip_modules=NOT_QUANTIZED)
+
+
+def quantize_llm(model: LlavaCompareForConditionalGeneration, model_cfg: Mapping[str, Any]
+                 ) -> LlavaCompareForConditionalGeneration:
+    """Reload an in-memory model with its LLM in 4-bit, through transformers' own quantizer (a
+    temporary save: only used for models built from config, which are small)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return LlavaCompareForConditionalGeneration.from_pretrained(
+            tmp, quantization_config=quantization_config(model_cfg))
+
+
 def _tiny_vision_config(v: Mapping[str, Any]) -> CLIPVisionConfig:
     return CLIPVisionConfig(
         image_size=v["image_size"], patch_size=v["patch_size"], hidden_size=v["hidden_size"],
@@ -110,14 +137,25 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     if vcfg.get("name_or_path"):
         model.vision_tower = CLIPVisionModel.from_pretrained(vcfg["name_or_path"], dtype=dtype,
                                                              attn_implementation=config.vision_config._attn_implementation)
+    quant = quantization_config(model_cfg)
     if tcfg.get("name_or_path"):
         model.language_model = AutoModelForCausalLM.from_pretrained(
-            tcfg["name_or_path"], dtype=dtype, attn_implementation=attn)
+            tcfg["name_or_path"], dtype=dtype, attn_implementation=attn, quantization_config=quant)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    model.to(dtype)
+    if quant is None:
+        model.to(dtype)
+    else:
+        model.vision_tower.to(dtype)
+        model.compressor.to(dtype)
     model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
     _set_generation_tokens(model, tokenizer)
+    if model_cfg.get("compressor_init"):  # LLaVA-1.5's released stage-1 projector as the start
+        from ..projector_import import import_projector
+
+        import_projector(model, model_cfg["compressor_init"])
+    if quant is not None and not tcfg.get("name_or_path"):
+        model = quantize_llm(model, model_cfg)
     processor = LlavaCompareProcessor(
         image_processor=_image_processor(vision_config.image_size, vcfg.get("name_or_path")),
         tokenizer=tokenizer, tokens_per_image=config.tokens_per_image,

@@ -136,6 +136,7 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         vision_features: torch.Tensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
@@ -144,6 +145,9 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         With ``labels``, the LM head runs only where a label exists (assistant tokens): logits at
         image and prompt positions are never needed, and at a 32k vocabulary they are a large share
         of the step. ``logits`` then holds ``[N_labelled, V]``; without labels, ``[B, S, V]``.
+
+        ``segment_ids`` (``[B, S]``, from the packing collator, with per-segment ``position_ids``)
+        marks packed samples; attention never crosses a segment boundary.
         """
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
@@ -154,6 +158,8 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         elif self.training and torch.is_grad_enabled():
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_image_features(inputs_embeds).sum()
 
+        if segment_ids is not None:
+            attention_mask = self.packed_attention_mask(segment_ids, inputs_embeds.dtype)
         decoder = self.language_model.get_decoder()
         out = decoder(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -167,6 +173,22 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
                                           past_key_values=out.past_key_values)
         loss, logits = self._labelled_loss(hidden, labels, lm_head, num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+    def packed_attention_mask(self, segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """Block-diagonal causal mask ``[B, 1, S, S]`` (additive: 0 = attend, min = blocked).
+
+        Written by hand because sdpa/eager in transformers do not isolate packed segments from
+        ``position_ids`` alone (measured: packed logits differ). FlashAttention-2 does, through its
+        varlen path, so there we return ``None`` and let ``position_ids`` carry the boundaries.
+        """
+        if self.config.text_config._attn_implementation == "flash_attention_2":
+            return None
+        s = segment_ids.shape[1]
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, S, S]
+        causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
+        allowed = (same & causal) | torch.eye(s, dtype=torch.bool, device=segment_ids.device)  # pads see themselves
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
     @staticmethod
     def _labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,

@@ -26,7 +26,7 @@ from ..data.conversation import ConversationBuilder
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..model.build import build_model
-from .config import compose_config
+from .config import REPO_ROOT, compose_config
 from .stages import configure_stage
 from .trainer import CompareTrainer
 
@@ -68,9 +68,10 @@ def ensure_synth_data(cfg: DictConfig) -> None:
 def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The model to train: from ``init_from`` (a previous stage's output) or built from config."""
     if cfg.init_from:
-        model, processor = load_trained(cfg.init_from, merge=True)
+        quantize = bool(cfg.model.llm.load_in_4bit)
+        model, processor = load_trained(cfg.init_from, merge=True, load_in_4bit=quantize)
         meta = json.loads((Path(cfg.init_from) / "llava_compare.json").read_text())
-        model_cfg = meta["model"]
+        model_cfg = {**meta["model"], "llm": {**meta["model"]["llm"], "load_in_4bit": quantize}}
         log.info("initialised from %s (stage %s)", cfg.init_from, meta.get("stage", {}).get("name"))
     else:
         model_cfg = OmegaConf.to_container(cfg.model)
@@ -116,8 +117,31 @@ def training_args(cfg: DictConfig) -> TrainingArguments:
         logging_steps=cfg.logger.logging_steps, report_to=[] if cfg.logger.report_to == "none" else [cfg.logger.report_to],
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False,
-        ddp_find_unused_parameters=False, disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False, **dist_kwargs(cfg),
+        train_sampling_strategy="group_by_length" if cfg.data.group_by_length and not cfg.data.packing else "random", disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
     )
+
+
+def dist_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """TrainingArguments for the chosen ``dist=``: DeepSpeed JSON or FSDP, else plain DDP."""
+    d = cfg.dist
+    if d.deepspeed and d.fsdp:
+        raise ValueError("dist: choose DeepSpeed or FSDP, not both")
+    if d.deepspeed:
+        path = Path(d.deepspeed)
+        if not path.is_file():
+            path = REPO_ROOT / d.deepspeed
+        if not path.is_file():
+            raise FileNotFoundError(f"dist.deepspeed: no DeepSpeed config at {d.deepspeed}")
+        stage = json.loads(path.read_text()).get("zero_optimization", {}).get("stage", 0)
+        if stage == 3 and cfg.model.llm.get("load_in_4bit"):
+            raise ValueError("QLoRA (4-bit LLM) does not work with DeepSpeed ZeRO-3: bitsandbytes' "
+                             "4-bit weights cannot be partitioned. Use dist=zero2 or dist=ddp (the "
+                             "4-bit LLM already fits: ~4 GB for 7B), or dist=fsdp.")
+        return {"deepspeed": str(path)}
+    if d.fsdp:
+        return {"fsdp": d.fsdp, "fsdp_config": OmegaConf.to_container(d.fsdp_config)}
+    return {}
 
 
 def resume_point(cfg: DictConfig) -> str | None:
@@ -153,15 +177,18 @@ def run(cfg: DictConfig) -> RunResult:
     train_set = make_dataset(cfg, processor)
     trainer = CompareTrainer(
         model=model, args=training_args(cfg), train_dataset=train_set,
-        data_collator=CompareCollator(processor.tokenizer.pad_token_id), processing_class=processor,
+        data_collator=CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
+                                      max_length=cfg.data.max_length),
+        processing_class=processor,
         optim_cfg=OmegaConf.to_container(cfg.optim),
     )
     result = trainer.train(resume_from_checkpoint=resume_point(cfg))
     metrics = {**result.metrics, "skipped": dict(train_set.skipped), "log_history": trainer.state.log_history}
     if train_set.skipped:
         log.warning("skipped samples by reason: %s", dict(train_set.skipped))
+    trained = trainer.trainable_state()  # collective under ZeRO-3 / FSDP: every rank calls it
     if trainer.is_world_process_zero():
-        save_trained(trainer.model, cfg.output_dir)
+        save_trained(trainer.model, cfg.output_dir, trained)
         (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("saved stage output to %s", cfg.output_dir)
         if cfg.eval.enabled and cfg.data.eval:

@@ -28,6 +28,7 @@ class LLMConfig:
     intermediate_size: int = 512
     max_position_embeddings: int = 2048
     vocab_size: int = 512  # tiny tokenizer only
+    load_in_4bit: bool = False  # QLoRA: the LLM's linear layers in 4-bit NF4 (bitsandbytes)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
     dtype: str = "float32"  # weights dtype at load: float32 | bfloat16 | float16
     seed: int = 0  # init seed of tiny parts and the compressor
+    compressor_init: Optional[str] = None  # LLaVA-1.5 mm_projector.bin (.safetensors) to start the mlp compressor from
 
 
 @dataclass
@@ -74,6 +76,8 @@ class DataConfig:
     system_prompt: Optional[str] = None
     max_length: int = 2048
     on_error: str = "skip"  # skip (count and go on) | raise
+    packing: bool = False  # pack each batch's samples into rows of max_length, no cross-attention
+    group_by_length: bool = False  # without packing: batches of similar length (less padding)
     num_workers: int = 0
 
 
@@ -112,6 +116,14 @@ class OptimConfig:
 
 
 @dataclass
+class DistConfig:
+    name: str = "ddp"  # ddp | zero2 | zero2_offload | zero3 | zero3_offload | fsdp
+    deepspeed: Optional[str] = None  # DeepSpeed JSON (relative paths: cwd, then the repo)
+    fsdp: Optional[str] = None  # e.g. "full_shard auto_wrap"
+    fsdp_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class LoggerConfig:
     report_to: str = "none"  # none | wandb | tensorboard
     project: str = "llava_compare"
@@ -139,5 +151,6 @@ class TrainConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

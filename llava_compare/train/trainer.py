@@ -29,6 +29,17 @@ class CompareTrainer(Trainer):
         self.optim_cfg = optim_cfg
         super().__init__(*args, **kwargs)
 
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # Length grouping from cheap estimates (image count x tokens per image + text length)
+        # instead of the Trainer's default, which would load every sample's images to measure it.
+        if self.args.train_sampling_strategy == "group_by_length":
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=dataset.estimated_lengths())
+        return super()._get_train_sampler(train_dataset)
+
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             groups = param_groups(self.model if model is None else model, self.optim_cfg)
@@ -46,12 +57,23 @@ class CompareTrainer(Trainer):
             return (zero, None) if return_outputs else zero
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def trainable_state(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Full (unsharded) values of the trained parameters. Under ZeRO-3 / FSDP each rank holds
+        a shard, so the state is gathered first -- a collective every rank must enter."""
+        names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if state_dict is None and (self.is_fsdp_enabled or (
+                self.is_deepspeed_enabled and self.accelerator.deepspeed_config["zero_optimization"]["stage"] == 3)):
+            state_dict = self.accelerator.get_state_dict(self.model_wrapped)
+        if state_dict is None:
+            return trainable_state_dict(self.model)
+        return {n: t.detach().cpu().contiguous() for n, t in state_dict.items() if n in names}
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        save_file(trainable_state_dict(self.model), os.path.join(output_dir, TRAINABLE))
+        save_file(self.trainable_state(state_dict), os.path.join(output_dir, TRAINABLE))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
 

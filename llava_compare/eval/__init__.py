@@ -1,0 +1,8 @@
+"""Evaluation internals behind ``llava_compare.evaluate`` and ``llava-compare eval``.
+
+* ``formats``  -- eval readers: ``mcq`` (LLaVA-format multiple choice, the synthetic ``eval.json``),
+  ``qbench2`` (Q-Bench2 A1-pair rows), ``micbench`` (3-4 images), ``open`` (free-form answers).
+* ``scoring``  -- batched option log-likelihood, batched greedy generation, answer parsing.
+* ``metrics``  -- exact match / token F1, the summary (per task, per question type) and its table.
+* ``report``   -- ``results.json``, ``predictions.jsonl``, the self-contained ``report.html``, wandb.
+"""

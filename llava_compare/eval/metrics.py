@@ -1,0 +1,125 @@
+"""Metrics: normalised exact match, token F1, and the summary table.
+
+Record kinds (one dict per item, as written to ``predictions.jsonl``):
+
+* multiple choice -- has ``correct`` (bool) and ``chance`` (1 / number of options); in generate mode
+  also ``parsed`` (False when no option could be read from the generated text: counted as wrong);
+* open -- has ``exact_match`` and ``f1``.
+
+Both carry ``task``, ``num_images`` and optionally ``qa_type``.
+"""
+
+from __future__ import annotations
+
+import string
+from collections import defaultdict
+from typing import Any, Sequence
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (SQuAD-style)."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def token_f1(pred: str, gold: str) -> float:
+    p, g = normalize(pred).split(), normalize(gold).split()
+    common = sum(min(p.count(w), g.count(w)) for w in set(p))
+    if not p or not g or not common:
+        return float(p == g)
+    prec, rec = common / len(p), common / len(g)
+    return 2 * prec * rec / (prec + rec)
+
+
+def is_mc(record: dict[str, Any]) -> bool:
+    return "correct" in record
+
+
+def is_wrong(record: dict[str, Any]) -> bool:
+    """Wrong MC answer (unparseable included) or a free-form answer that is not an exact match."""
+    return not record["correct"] if is_mc(record) else not record.get("exact_match", False)
+
+
+def _mc_stats(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rs)
+    out: dict[str, Any] = {"n": n, "accuracy": sum(bool(r["correct"]) for r in rs) / max(n, 1),
+                           "chance": sum(r["chance"] for r in rs) / max(n, 1)}
+    if any("parsed" in r for r in rs):
+        out["unparsed"] = sum(not r.get("parsed", True) for r in rs)
+    return out
+
+
+def _open_stats(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rs)
+    return {"n": n, "exact_match": sum(bool(r["exact_match"]) for r in rs) / max(n, 1),
+            "f1": sum(r["f1"] for r in rs) / max(n, 1)}
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task accuracy (MC) or EM/F1 (open), per question type, and the overall numbers.
+
+    ``overall_2image_mc`` (the demo's headline: the 2-image multiple-choice items) keeps exactly
+    ``{n, accuracy, chance}``; ``overall_mc`` is over every multiple-choice item.
+    """
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_task[str(r["task"])].append(r)
+        if r.get("qa_type") is not None and is_mc(r):
+            by_type[str(r["qa_type"])].append(r)
+    tasks: dict[str, dict[str, Any]] = {}
+    for task, rs in sorted(by_task.items()):
+        mc = [r for r in rs if is_mc(r)]
+        tasks[task] = _mc_stats(mc) if mc else _open_stats(rs)
+    mc_all = [r for r in records if is_mc(r)]
+    mc2 = [r for r in mc_all if r["num_images"] == 2]
+    summary: dict[str, Any] = {
+        "n": len(records),
+        "tasks": tasks,
+        "overall_2image_mc": {k: v for k, v in _mc_stats(mc2).items() if k in ("n", "accuracy", "chance")},
+        "overall_mc": _mc_stats(mc_all),
+    }
+    if by_type:
+        summary["qa_types"] = {t: _mc_stats(rs) for t, rs in sorted(by_type.items())}
+    open_rs = [r for r in records if not is_mc(r)]
+    if open_rs:
+        summary["open"] = _open_stats(open_rs)
+    return summary
+
+
+def _mc_row(name: str, m: dict[str, Any]) -> str:
+    row = f"{name:<12} {m['n']:>5}  {m['accuracy']:>8.3f}  {m['chance']:>6.3f}"
+    return row + (f"  ({m['unparsed']} unparseable)" if m.get("unparsed") else "")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The per-task table; the last line is ``overall accuracy: X.XXX (chance Y.YYY)`` over the
+    2-image multiple-choice items (over all multiple-choice items when none has two images)."""
+    lines = [f"{'task':<12} {'n':>5}  {'accuracy':>8}  {'chance':>6}"]
+    for task, m in summary["tasks"].items():
+        if "accuracy" in m:
+            lines.append(_mc_row(task, m))
+        else:
+            lines.append(f"{task:<12} {m['n']:>5}  exact match {m['exact_match']:.3f}, token F1 {m['f1']:.3f}")
+    if summary.get("qa_types"):
+        lines.append(f"{'QA type':<12} {'n':>5}  {'accuracy':>8}  {'chance':>6}")
+        lines += [_mc_row(t, m) for t, m in summary["qa_types"].items()]
+    o2, mc = summary["overall_2image_mc"], summary.get("overall_mc", summary["overall_2image_mc"])
+    if mc.get("unparsed"):
+        lines.append(f"unparseable generated answers (counted wrong): {mc['unparsed']} of {mc['n']}")
+    if o2["n"] == 0 and mc["n"] == 0:
+        if summary.get("open"):
+            op = summary["open"]
+            lines.append(f"overall = the {op['n']} free-form items")
+            lines.append(f"overall exact match: {op['exact_match']:.3f}, token F1 {op['f1']:.3f}")
+        return "\n".join(lines)
+    if o2["n"] == 0:
+        lines.append(f"overall = the {mc['n']} multiple-choice items (none has two images)")
+        o2 = mc
+    else:
+        if mc["n"] != o2["n"]:
+            lines.append(f"all {mc['n']} multiple-choice items: accuracy {mc['accuracy']:.3f} "
+                         f"(chance {mc['chance']:.3f})")
+        lines.append(f"overall = the {o2['n']} two-image multiple-choice items")
+    lines.append(f"overall accuracy: {o2['accuracy']:.3f} (chance {o2['chance']:.3f})")
+    return "\n".join(lines)

@@ -1,0 +1,250 @@
+"""Scoring: batched option log-likelihood, batched greedy generation, parsing a generated choice.
+
+Option log-likelihood (the default, deterministic): for every option the sum of
+log p(option tokens + end-of-turn | prompt, images). All options of ``batch_size`` items go through
+one forward pass; images are repeated per option row. Rows are padded to a common width either on
+the right (answer positions are unchanged) or on the left (position ids then come from the
+attention mask, so every real token keeps the position it has unpadded): both give the unbatched
+scores up to float noise. Only the answer positions reach the LM head (the model's ``labels`` path).
+
+Generate-then-parse (the papers' way): greedy answer, then the option is read from it -- the letter
+for lettered prompts (``A``, ``(B)``, ``C.``, ``The answer is D``), else the option text (exact, or
+the one option named in the answer). An answer that names no option, or several, is unparseable:
+counted wrong and counted (``parsed: false``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..data.conversation import IGNORE, ConversationBuilder
+from ..data.processor import LlavaCompareProcessor
+from ..data.sample import DataError, Sample
+from .formats import LETTERS, prepare_llava_item
+from .metrics import normalize, token_f1
+
+MODES = ("loglik", "generate")
+PADDING_SIDES = ("right", "left")
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right",
+             labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor | None]:
+    """Pad token rows to one width. Left padding also returns ``position_ids`` counted over real
+    tokens only (pads get 0), so a left-padded row sees exactly the positions it has unpadded."""
+    if side not in PADDING_SIDES:
+        raise ValueError(f"padding side must be one of {PADDING_SIDES}, got {side!r}")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    lab = torch.full_like(ids, IGNORE) if labels is not None else None
+    for i, r in enumerate(rows):
+        sl = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = torch.tensor(list(r), dtype=torch.long), 1
+        if lab is not None:
+            lab[i, sl] = torch.tensor(list(labels[i]), dtype=torch.long)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0) if side == "left" else None
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "labels": lab}
+
+
+def _pad_id(processor: LlavaCompareProcessor) -> int:
+    tok = processor.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+@torch.no_grad()
+def batch_option_logliks(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
+                         items: Sequence[tuple[Sample, Sequence[str]]], padding_side: str = "right"
+                         ) -> list[list[float]]:
+    """Per item, the log-likelihood of each option given the item's prompt and images, with all
+    options of all ``items`` in one forward pass."""
+    rows: list[list[int]] = []
+    labels: list[list[int]] = []
+    pixels: list[torch.Tensor] = []
+    answer_lens: list[int] = []
+    counts: list[int] = []
+    for sample, options in items:
+        prompt, _ = processor.expand_image_tokens(builder.encode_prompt(sample))
+        px = processor.preprocess_images(sample.images) if sample.images else None
+        for option in options:
+            ans = builder.encode_answer(option)
+            rows.append(prompt + ans)
+            labels.append([IGNORE] * len(prompt) + ans)
+            answer_lens.append(len(ans))
+            if px is not None:
+                pixels.append(px)
+        counts.append(len(options))
+    if not rows:
+        return [[] for _ in items]
+    batch = pad_rows(rows, _pad_id(processor), padding_side, labels)
+    dev = _device(model)
+    inputs = {k: v.to(dev) for k, v in batch.items() if v is not None}
+    out = model(**inputs, pixel_values=torch.cat(pixels).to(dev) if pixels else None)
+    shift = inputs["labels"][:, 1:]
+    target = shift[shift != IGNORE]
+    logits = out.logits
+    if logits.dim() == 3:  # a model that returns logits everywhere: keep the answer positions
+        logits = logits[:, :-1][shift != IGNORE]
+    tok_logp = logits.float().log_softmax(-1).gather(-1, target[:, None])[:, 0]
+    per_row = [float(x.sum()) for x in torch.split(tok_logp.cpu(), answer_lens)]
+    scores, start = [], 0
+    for n in counts:
+        scores.append(per_row[start:start + n])
+        start += n
+    return scores
+
+
+@torch.no_grad()
+def batch_generate(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
+                   samples: Sequence[Sample], max_new_tokens: int = 32) -> list[str]:
+    """Greedy answers to each sample's last user turn, left-padded into one ``generate()`` call."""
+    if not samples:
+        return []
+    prompts = [processor.expand_image_tokens(builder.encode_prompt(s))[0] for s in samples]
+    batch = pad_rows(prompts, _pad_id(processor), "left")
+    pix = [processor.preprocess_images(s.images) for s in samples if s.images]
+    dev = _device(model)
+    ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+    out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pix).to(dev) if pix else None,
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(processor))
+    texts = processor.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [t.strip() for t in texts]
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing a generated answer
+# --------------------------------------------------------------------------------------------------
+
+_LETTER_START = re.compile(r"^\(?([A-Z])\)?(?:[.:)\],]|\s*$)")
+_LETTER_SAID = re.compile(r"(?i:\b(?:answer|option|choice)(?:\s+is)?)\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])")
+_LETTER_WORD = re.compile(r"^([A-Z])\s+(.+)$", re.S)
+
+
+def _option_in_text(text: str, options: Sequence[str]) -> int | None:
+    t = normalize(text)
+    opts = [normalize(o) for o in options]
+    exact = [i for i, o in enumerate(opts) if o and o == t]
+    if len(exact) == 1:
+        return exact[0]
+    named = [i for i, o in enumerate(opts) if o and re.search(rf"(?<!\w){re.escape(o)}(?!\w)", t)]
+    # "dark red" names "red" too: keep only options that are not part of another named option
+    named = [i for i in named if not any(j != i and opts[i] in opts[j] for j in named)]
+    return named[0] if len(set(opts[i] for i in named)) == 1 else None
+
+
+def parse_choice(text: str, options: Sequence[str], lettered: bool) -> int | None:
+    """The option a generated answer picks, or None (unparseable)."""
+    text = text.strip()
+    if not text:
+        return None
+    if lettered:
+        for pattern in (_LETTER_START, _LETTER_SAID):
+            m = pattern.search(text)
+            if m and LETTERS.index(m.group(1)) < len(options):
+                return LETTERS.index(m.group(1))
+        m = _LETTER_WORD.match(text)  # "B the second image"
+        if m and LETTERS.index(m.group(1)) < len(options) and \
+                _option_in_text(m.group(2), options) == LETTERS.index(m.group(1)):
+            return LETTERS.index(m.group(1))
+    return _option_in_text(text, options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Items -> prediction records
+# --------------------------------------------------------------------------------------------------
+
+
+def ensure_prepared(sample: Sample) -> Sample:
+    """Samples straight from the training readers get their eval fields (``mcq`` semantics)."""
+    return sample if "kind" in sample.meta else prepare_llava_item(sample)
+
+
+def prepare_all(samples: Sequence[Sample]) -> tuple[list[Sample], dict[str, int]]:
+    kept, skipped = [], {}
+    for s in samples:
+        try:
+            kept.append(ensure_prepared(s))
+        except DataError as err:
+            skipped[err.kind] = skipped.get(err.kind, 0) + 1
+    return kept, skipped
+
+
+def _base_record(s: Sample, mode: str) -> dict[str, Any]:
+    m = s.meta
+    rec: dict[str, Any] = {"id": s.id, "task": m.get("task", "unknown"), "num_images": len(s.images),
+                           "question": m.get("question", ""), "answer": m.get("answer")}
+    if m.get("qa_type") is not None:
+        rec["qa_type"] = m["qa_type"]
+    if m["kind"] == "mc":
+        rec.update(options=m["options"], gold_index=m["gold_index"], chance=1 / len(m["options"]))
+        if m.get("lettered"):
+            rec["lettered"] = True
+    rec["mode"] = mode if m["kind"] == "mc" else "generate"
+    return rec
+
+
+def _mc_record(s: Sample, rec: dict[str, Any], pred: int | None) -> dict[str, Any]:
+    rec.update(pred_index=pred, prediction=None if pred is None else s.meta["options"][pred],
+               correct=pred == s.meta["gold_index"])
+    return rec
+
+
+def loglik_record(s: Sample, scores: Sequence[float]) -> dict[str, Any]:
+    rec = _base_record(s, "loglik")
+    best = max(range(len(scores)), key=scores.__getitem__)
+    ranked = sorted(scores, reverse=True)
+    rec.update(scores=list(scores), margin=ranked[0] - ranked[1] if len(ranked) > 1 else None)
+    return _mc_record(s, rec, best)
+
+
+def generated_record(s: Sample, text: str, mode: str) -> dict[str, Any]:
+    rec = _base_record(s, mode)
+    if s.meta["kind"] == "open":
+        gold = s.meta.get("answer") or ""
+        rec.update(prediction=text, exact_match=normalize(text) == normalize(gold), f1=token_f1(text, gold))
+        return rec
+    pred = parse_choice(text, s.meta["options"], bool(s.meta.get("lettered")))
+    rec.update(generated=text, parsed=pred is not None)
+    return _mc_record(s, rec, pred)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def score_items(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
+                samples: Sequence[Sample], mode: str = "loglik", batch_size: int = 8,
+                max_new_tokens: int = 32, padding_side: str = "right", progress: bool = True
+                ) -> list[dict[str, Any]]:
+    """One record per (prepared) sample, in order. ``batch_size`` items share a forward pass."""
+    from tqdm.auto import tqdm
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    records: list[dict[str, Any]] = []
+    bar = tqdm(total=len(samples), desc=f"eval ({mode})", unit="item", disable=not progress)
+    for batch in _batches(list(samples), batch_size):
+        out: dict[int, dict[str, Any]] = {}
+        by_ll = [i for i, s in enumerate(batch) if s.meta["kind"] == "mc" and mode == "loglik"]
+        by_gen = [i for i in range(len(batch)) if i not in by_ll]
+        if by_ll:
+            scores = batch_option_logliks(model, processor, builder,
+                                          [(batch[i], batch[i].meta["choices"]) for i in by_ll], padding_side)
+            out.update({i: loglik_record(batch[i], sc) for i, sc in zip(by_ll, scores)})
+        if by_gen:
+            texts = batch_generate(model, processor, builder, [batch[i] for i in by_gen], max_new_tokens)
+            out.update({i: generated_record(batch[i], t, mode) for i, t in zip(by_gen, texts)})
+        records += [out[i] for i in range(len(batch))]
+        bar.update(len(batch))
+    bar.close()
+    return records
