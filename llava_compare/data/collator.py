@@ -66,7 +66,7 @@ class CompareCollator:
         labels = torch.full(shape, IGNORE, dtype=torch.long)
         segments = torch.zeros(shape, dtype=torch.long)
         positions = torch.zeros(shape, dtype=torch.long)
-        pixels = []
+        images: dict[str, list[torch.Tensor]] = {"pixel_values": [], "vision_features": []}
         for r, row in enumerate(rows):
             start = 0
             for seg, i in enumerate(row, start=1):
@@ -74,14 +74,16 @@ class CompareCollator:
                 ids[r, start:start + n], labels[r, start:start + n] = items[i]["input_ids"], items[i]["labels"]
                 segments[r, start:start + n] = seg
                 positions[r, start:start + n] = torch.arange(n)
-                if "pixel_values" in items[i]:
-                    pixels.append(items[i]["pixel_values"])
+                for key, found in images.items():
+                    if key in items[i]:
+                        found.append(items[i][key])
                 start += n
         batch: dict[str, Any] = {"input_ids": ids, "labels": labels}
         if self.packing:
             batch.update(segment_ids=segments, position_ids=positions)
         else:
             batch["attention_mask"] = (segments > 0).long()
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)  # [N_img, 3, H, W]
+        for key, found in images.items():
+            if found:  # pixel_values [N_img, 3, H, W] or cached vision_features [N_img, P, D_vis]
+                batch[key] = torch.cat(found)
         return batch

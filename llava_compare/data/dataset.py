@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .conversation import IGNORE, ConversationBuilder, Encoded
+from .feature_cache import FeatureCache, image_key
 from .processor import LlavaCompareProcessor
 from .sample import IMAGE_PLACEHOLDER, DataError, Sample
 
@@ -42,11 +43,13 @@ class CompareDataset(Dataset):
     """Lazily encodes samples; bad or over-long samples are skipped and counted (or raised)."""
 
     def __init__(self, samples: Sequence[Sample], processor: LlavaCompareProcessor,
-                 builder: ConversationBuilder, max_length: int, on_error: str = "skip"):
+                 builder: ConversationBuilder, max_length: int, on_error: str = "skip",
+                 feature_cache: FeatureCache | None = None):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.samples, self.processor, self.builder = list(samples), processor, builder
         self.max_length, self.on_error = max_length, on_error
+        self.feature_cache = feature_cache  # stage 1: cached ViT features instead of pixels
         self.skipped: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -77,7 +80,9 @@ class CompareDataset(Dataset):
             raise DataError("no assistant tokens left to learn from", sample.id, "empty_assistant")
         item: dict[str, Any] = {"input_ids": torch.tensor(enc.input_ids),
                                 "labels": torch.tensor(enc.labels), "sample_id": sample.id}
-        if sample.images:
+        if sample.images and self.feature_cache is not None:
+            item["vision_features"] = torch.stack([self.feature_cache[image_key(im)] for im in sample.images])
+        elif sample.images:
             item["pixel_values"] = self.processor.preprocess_images(sample.images)
         return item
 

@@ -79,16 +79,33 @@ def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     return model, processor, model_cfg
 
 
-def make_dataset(cfg: DictConfig, processor: Any, split: str = "train") -> CompareDataset:
+def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: Any = None) -> CompareDataset:
     specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data[split]]
     if not specs:
         raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
                          f"'data.{split}=[{{path: data/{split}.json}}]'")
     samples = read_sources(specs, on_error=cfg.data.on_error)
+    cache = feature_cache(cfg, model, processor, samples) if split == "train" else None
     dataset = CompareDataset(samples, processor, make_builder(cfg, processor), cfg.data.max_length,
-                             on_error=cfg.data.on_error)
+                             on_error=cfg.data.on_error, feature_cache=cache)
     dataset.skipped.update(samples.skipped)  # rows the reader could not parse count too
     return dataset
+
+
+def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> Any:
+    """The stage-1 ViT feature cache when ``data.feature_cache`` is set (ViT must be frozen)."""
+    if not cfg.data.feature_cache:
+        return None
+    if cfg.stage.train_vision:
+        raise ValueError("data.feature_cache needs a frozen ViT (stage.train_vision=false): "
+                         "cached features would go stale as the ViT trains")
+    if model is None:
+        raise ValueError("data.feature_cache needs the model to compute features")
+    from ..data.feature_cache import build_feature_cache
+
+    if torch.cuda.is_available():  # the ViT pass is the expensive part: run it on this rank's GPU
+        model.vision_tower.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    return build_feature_cache(model, processor, samples, cfg.data.feature_cache, rank(), world_size())
 
 
 def make_builder(cfg: DictConfig, processor: Any) -> ConversationBuilder:
@@ -171,10 +188,10 @@ def run(cfg: DictConfig) -> RunResult:
             "config": OmegaConf.to_container(cfg)}
     if rank() == 0:
         save_base(model, processor, cfg.output_dir, meta)
+    train_set = make_dataset(cfg, processor, model=model)
     model = configure_stage(model, cfg.stage, cfg.peft)
     if cfg.optim.gradient_checkpointing:
         unwrap(model).config.use_cache = False
-    train_set = make_dataset(cfg, processor)
     trainer = CompareTrainer(
         model=model, args=training_args(cfg), train_dataset=train_set,
         data_collator=CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,

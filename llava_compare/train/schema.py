@@ -78,6 +78,7 @@ class DataConfig:
     on_error: str = "skip"  # skip (count and go on) | raise
     packing: bool = False  # pack each batch's samples into rows of max_length, no cross-attention
     group_by_length: bool = False  # without packing: batches of similar length (less padding)
+    feature_cache: Optional[str] = None  # stage 1 (frozen ViT): folder for cached ViT features
     num_workers: int = 0
 
 

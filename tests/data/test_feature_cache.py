@@ -1,0 +1,54 @@
+"""Stage-1 feature cache: same losses as without it, re-runs never touch the ViT, and the cache is
+keyed by everything that changes the features."""
+
+import json
+
+import pytest
+from transformers import CLIPVisionModel
+
+from llava_compare.data.feature_cache import fingerprint
+from llava_compare.model.build import build_model
+from llava_compare.train.main import run
+from tests.conftest import stage_cfg, tiny_model_cfg
+
+
+def losses(out):
+    history = json.loads((out / "train_metrics.json").read_text())["log_history"]
+    return [h["loss"] for h in history if "loss" in h]
+
+
+def test_cached_stage1_matches_uncached_and_skips_the_vit(synth_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    args = ("optim.lr=1e-2", "optim.epochs=2", "optim.max_steps=12")
+    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "plain", 12, *args))
+    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "cached", 12, *args, f"data.feature_cache={cache}"))
+    assert losses(tmp_path / "cached") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
+    assert len(list(cache.glob("*/rank000-*.safetensors"))) >= 1
+
+    def no_vit(*a, **k):
+        raise AssertionError("the ViT ran although its features are cached")
+
+    monkeypatch.setattr(CLIPVisionModel, "forward", no_vit)
+    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "rerun", 12, *args, f"data.feature_cache={cache}"))
+    assert losses(tmp_path / "rerun") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
+
+
+def test_fingerprint_changes_with_what_changes_features():
+    model, processor = build_model(tiny_model_cfg())
+    base = fingerprint(model, processor)
+    assert fingerprint(*build_model(tiny_model_cfg())) == base  # deterministic
+    layer = tiny_model_cfg()
+    layer["vision_feature_layer"] = -1
+    assert fingerprint(*build_model(layer)) != base
+    weights = tiny_model_cfg()
+    weights["seed"] = 1
+    assert fingerprint(*build_model(weights)) != base
+    processor.image_processor.image_mean = [0.5, 0.5, 0.5]
+    assert fingerprint(model, processor) != base
+
+
+def test_feature_cache_refuses_a_trainable_vit(synth_dir, tmp_path):
+    cfg = stage_cfg("demo_stage1", synth_dir, tmp_path / "x", 1, f"data.feature_cache={tmp_path}/c",
+                    "stage.train_vision=true")
+    with pytest.raises(ValueError, match="frozen ViT"):
+        run(cfg)
