@@ -190,12 +190,20 @@ def run_cli(args: argparse.Namespace) -> int:
     model, processor = load_for_inference(args.model)
     info = {"command": command_line(args), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model_info(args.model), "data": data.info}
-    summary = evaluate_samples(model, processor, builder_for(args.model, processor, args.image_marker),
-                               data.samples, args.out, args.max_new_tokens, mode=args.mode,
-                               batch_size=args.batch_size, padding_side=args.padding_side, run_info=info,
-                               report_max_items=args.report_max_items, progress=not args.no_progress,
-                               wandb=wandb_wanted(args.wandb, args.wandb_project),
-                               wandb_project=args.wandb_project)
+    use_wandb = wandb_wanted(args.wandb, args.wandb_project)
+    try:
+        summary = evaluate_samples(model, processor, builder_for(args.model, processor, args.image_marker),
+                                   data.samples, args.out, args.max_new_tokens, mode=args.mode,
+                                   batch_size=args.batch_size, padding_side=args.padding_side, run_info=info,
+                                   report_max_items=args.report_max_items, progress=not args.no_progress,
+                                   wandb=use_wandb, wandb_project=args.wandb_project)
+    finally:
+        if use_wandb:
+            import wandb
+
+            # wandb keeps process-wide settings read from the environment at first use (WANDB_DIR,
+            # ...): drop them, so that a later run in this process starts afresh
+            wandb.teardown()
     print(format_summary(summary))
     if args.out:
         print(f"wrote {Path(args.out) / 'results.json'}, predictions.jsonl and report.html", file=sys.stderr)

@@ -165,7 +165,8 @@ def vicuna_chat_template(tokenizer: Any, marker_template: str | None, system: st
         "{%- endfor -%}{%- endif -%}",
         "{%- if message['role'] == 'user' -%}",
         "{%- set ns.pending = ns.pending ~ (' ' if ns.pending else '') ~ 'USER: ' ~ ns.text -%}",
-        "{%- if not loop.last or add_generation_prompt -%}{%- set ns.pending = ns.pending ~ ' ASSISTANT:' -%}{%- endif -%}",
+        "{%- if not loop.last or add_generation_prompt -%}",
+        "{%- set ns.pending = ns.pending ~ ' ASSISTANT:' -%}{%- endif -%}",
         "{%- elif message['role'] == 'assistant' -%}",
         "{%- set ns.out = ns.out ~ ns.pending ~ ' ' ~ ns.text ~ " + _jinja_str(tokenizer.eos_token or "") + " -%}",
         "{%- set ns.pending = '' -%}{%- endif -%}",
@@ -211,8 +212,10 @@ def _write_native(model: nn.Module, processor: LlavaCompareProcessor, out: Path,
     adapter = None
     if hasattr(model, "peft_config"):  # --no-merge: adapter in a subfolder, the base beside it
         adapter = ADAPTER_DIR
-        model.peft_config["default"].base_model_name_or_path = repo_id
+        # the base this adapter belongs to is the export itself (the hub repo once pushed)
+        model.peft_config["default"].base_model_name_or_path = repo_id or str(out.resolve())
         model.save_pretrained(str(out / adapter), save_embedding_layers=False)  # no hub look-ups
+        (out / adapter / "README.md").unlink(missing_ok=True)  # peft's empty template; README.md covers it
         model = model.unload()  # the base without LoRA layers (trained compressor included)
     base = unwrap(model)
     base.config.auto_map = dict(AUTO_MAP)
@@ -345,7 +348,8 @@ processor = AutoProcessor.from_pretrained("{where}")
 {run}
 ```
 
-3. The training code's generation CLI: `llava-compare generate {where} --image a.png --image b.png --prompt "Which image is sharper?"`
+3. The training code's generation CLI:
+   `llava-compare generate {where} --image a.png --image b.png --prompt "Which image is sharper?"`
 """
     return f"""1. With `llava_compare` installed (`pip install llava_compare`), importing it registers the classes:
 
@@ -361,7 +365,8 @@ processor = AutoProcessor.from_pretrained("{where}")
 {run}
 ```
 
-or from the command line: `llava-compare generate {where} --image a.png --image b.png --prompt "Which image is sharper?" --stream`
+or from the command line (`--stream` prints tokens as they come):
+`llava-compare generate {where} --image a.png --image b.png --prompt "Which image is sharper?" --stream`
 
 2. Without `llava_compare`: the modeling code ships in this folder (`*_llava_compare.py`):
 

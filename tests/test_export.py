@@ -334,7 +334,8 @@ def test_way3_llava_hf_same_logits_prompt_and_text(hf_export, mlp_stage, images,
                        "--prompt", PROMPT, "--max-new-tokens", "12"], capsys)
     assert printed.strip() == expected
     card = (hf_export / "README.md").read_text()
-    assert "LlavaForConditionalGeneration" in card and "| eval_results.json | blur | 4 | accuracy 0.750 (chance 0.500) |" in card
+    assert "LlavaForConditionalGeneration" in card
+    assert "| eval_results.json | blur | 4 | accuracy 0.750 (chance 0.500) |" in card
     assert "| eval/results.json | change | 3 | exact match 0.333, token F1 0.500 |" in card
     assert set(json.loads((hf_export / "eval_results.json").read_text())) == {"eval_results.json", "eval/results.json"}
     assert "datasets:\n- org/compare-data" in card
@@ -445,7 +446,8 @@ def fake_hub(monkeypatch, tmp_path):
 
     def record(name, api, kwargs):
         assert "token" not in kwargs and api.token is None  # never handed a token
-        calls.append((name, {**kwargs, "resolved_token_is_env": huggingface_hub.get_token() == os.environ.get("HF_TOKEN")}))
+        resolved = huggingface_hub.get_token()  # what HfApi will send: found by huggingface_hub itself
+        calls.append((name, {**kwargs, "resolved_token_is_env": resolved == os.environ.get("HF_TOKEN")}))
 
     def create_repo(self, repo_id, **kwargs):
         record("create_repo", self, {"repo_id": repo_id, **kwargs})
@@ -487,11 +489,12 @@ def test_push_uses_the_environment_token_and_never_writes_or_logs_it(fake_hub, m
     assert branch["branch"] == "dev" and upload["revision"] == "dev" and upload["folder_path"] == str(out)
     assert all(c[1]["resolved_token_is_env"] for c in fake_hub)  # huggingface_hub found it by itself
     assert 'PeftModel.from_pretrained(model, "org/compare-tiny"' in (out / "README.md").read_text()
+    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == "org/compare-tiny"
 
     # a second, public push to main; then the hub id works for generate (offline, from the cache)
-    printed += run_cli(["export", str(stage_dir), str(out), "--overwrite", "--no-merge", "--push-to-hub",
-                       "org/compare-tiny"],
-                       capsys)
+    printed += run_cli(["export", str(stage_dir), str(out), "--overwrite", "--no-merge",
+                        "--push-to-hub", "org/compare-tiny"], capsys)
     assert fake_hub[-2][0] == "create_repo" and fake_hub[-2][1]["private"] is None
     assert fake_hub[-1][1]["revision"] is None
     expected = answer_of(trained, processor, builder, images)

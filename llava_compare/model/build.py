@@ -87,7 +87,7 @@ def _tiny_text_config(t: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) 
         num_key_value_heads=t["num_heads"], intermediate_size=t["intermediate_size"],
         max_position_embeddings=t["max_position_embeddings"], bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False, initializer_range=t.get("initializer_range", 0.02),
     )
 
 

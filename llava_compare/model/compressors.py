@@ -5,7 +5,8 @@ Each compressor maps ``[N_img, P, D_vis]`` (P = grid*grid patch features, CLS al
 processor and the model all ask it via :func:`tokens_per_image`, never recompute it.
 
 Registry ids: ``mlp`` (LLaVA-1.5), ``pool`` (2-D avg pool + MLP), ``resampler`` (mPLUG-Owl2 /
-Co-Instruct visual abstractor), ``pixel_shuffle`` (Idefics3 / nanoVLM space-to-depth).
+Co-Instruct visual abstractor), ``pixel_shuffle`` (Idefics3 / nanoVLM space-to-depth),
+``c_abstractor`` (Honeybee: convolutions, pooling, convolutions).
 """
 
 from __future__ import annotations
@@ -148,11 +149,57 @@ class PixelShuffleCompressor(Compressor):
         return self.proj(s.flatten(2).transpose(1, 2))  # [N, (g/f)^2, Dt]
 
 
+class _ResBlock(nn.Module):
+    """Pre-norm residual 3x3 conv block on the patch grid (GroupNorm with 1 group = LayerNorm over
+    channels and space, batch-size independent)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.GroupNorm(1, dim), nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(dim, dim, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, D, h, w]
+        return x + self.body(x)
+
+
+class CAbstractor(Compressor):
+    """Honeybee's C-Abstractor: conv blocks on the patch grid, adaptive pooling to ``size x size``,
+    more conv blocks, then the MLP.
+
+    Local convolutions *before* pooling let it keep what averaging destroys: a blur or texture cue
+    is a non-linear function of neighbouring patches, and the mean of linear patch features (what
+    pooling or attention-weighted averaging alone computes) is almost the same for a sharp and a
+    blurred image.
+    """
+
+    def __init__(self, vision_dim: int, text_dim: int, grid: int, size: int = 4, depth: int = 2,
+                 dim: int | None = None):
+        super().__init__(vision_dim, text_dim, grid, size=size)
+        dim = dim or vision_dim
+        self.size = size
+        self.stem = nn.Conv2d(vision_dim, dim, 1)
+        self.pre = nn.Sequential(*[_ResBlock(dim) for _ in range(depth)])
+        self.post = nn.Sequential(*[_ResBlock(dim) for _ in range(depth)])
+        self.proj = _mlp(dim, text_dim, 2)
+
+    @classmethod
+    def output_tokens(cls, grid: int, size: int = 4, **params: Any) -> int:
+        if size > grid:
+            raise ValueError(f"c_abstractor size {size} is larger than the patch grid {grid}")
+        return size * size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(self.stem(_to_grid(x, self.grid)))  # [N, D, g, g]
+        h = self.post(F.adaptive_avg_pool2d(h, self.size))  # [N, D, k, k]
+        return self.proj(h.flatten(2).transpose(1, 2))  # [N, k*k, Dt]
+
+
 COMPRESSORS: dict[str, type[Compressor]] = {
     "mlp": MLPCompressor,
     "pool": PoolCompressor,
     "resampler": ResamplerCompressor,
     "pixel_shuffle": PixelShuffleCompressor,
+    "c_abstractor": CAbstractor,
 }
 
 
@@ -167,7 +214,13 @@ def _split(spec: dict[str, Any]) -> tuple[type[Compressor], dict[str, Any]]:
 def get_compressor(spec: dict[str, Any], vision_dim: int, text_dim: int, grid: int) -> Compressor:
     """Build the compressor named by ``spec['type']`` with the remaining keys as parameters."""
     cls, params = _split(spec)
-    return cls(vision_dim, text_dim, grid, **params)
+    try:
+        return cls(vision_dim, text_dim, grid, **params)
+    except TypeError as err:  # a parameter of another compressor type, left over from an override
+        import inspect
+
+        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "vision_dim", "text_dim", "grid")]
+        raise ValueError(f"compressor {spec.get('type')!r} got parameters {sorted(params)}; valid: {valid} ({err})") from err
 
 
 def tokens_per_image(spec: dict[str, Any], grid: int) -> int:

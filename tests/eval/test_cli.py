@@ -101,9 +101,14 @@ def test_generate_mode_counts_unparseable_and_logs_wandb_offline(stage2_run, qbe
     monkeypatch.setenv("WANDB_MODE", "offline")
     (tmp_path / "wb").mkdir()
     out = tmp_path / "out"
-    assert cli_main(["eval", str(stage2_run[1].output_dir), "--data", str(qbench2_parquet[0]), "--format",
-                     "qbench2", "--mode", "generate", "--max-items", "4", "--max-new-tokens", "6",
-                     "--batch-size", "4", "--out", str(out), "--wandb", "--no-progress"]) == 0
+    try:
+        assert cli_main(["eval", str(stage2_run[1].output_dir), "--data", str(qbench2_parquet[0]), "--format",
+                         "qbench2", "--mode", "generate", "--max-items", "4", "--max-new-tokens", "6",
+                         "--batch-size", "4", "--out", str(out), "--wandb", "--no-progress"]) == 0
+    finally:  # wandb keeps process-wide settings (our WANDB_DIR): never leak them into later tests
+        import wandb
+
+        wandb.teardown()
     preds = read_jsonl(out / "predictions.jsonl")
     m = json.loads((out / "results.json").read_text())["metrics"]
     assert len(preds) == 4 and all(p["mode"] == "generate" and "generated" in p for p in preds)

@@ -42,7 +42,7 @@ def test_qbench_option_columns_and_answer_forms():
         [1, 1, 0, 2, 2, 1, None, None, None]
 
 
-def test_micbench_images_list_and_numbered_columns(micbench_json, synth_dir):
+def test_micbench_images_list_and_numbered_columns(micbench_json):
     data = read_eval_data(str(micbench_json), "micbench")
     rows = [json.loads(line) for line in micbench_json.read_text().splitlines()]
     assert len(data.samples) == len(rows) >= 2

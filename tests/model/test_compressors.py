@@ -11,6 +11,7 @@ CASES = [
     ({"type": "pool", "size": 2}, 4),
     ({"type": "resampler", "num_queries": 6, "depth": 2, "heads": 4}, 6),
     ({"type": "pixel_shuffle", "factor": 2}, 16),
+    ({"type": "c_abstractor", "size": 3, "depth": 1}, 9),
 ]
 
 
