@@ -26,7 +26,8 @@ TINY_OVERRIDES = [
     "model.vision.image_size=32", "model.vision.hidden_size=32", "model.vision.num_heads=2",
     "model.vision.intermediate_size=64", "model.llm.hidden_size=64", "model.llm.num_layers=2",
     "model.llm.num_heads=2", "model.llm.intermediate_size=128",
-    "model.compressor={type: resampler, num_queries: 4, depth: 1, heads: 2}",
+    "model/compressor=resampler", "model.compressor.num_queries=4", "model.compressor.depth=1",
+    "model.compressor.heads=2",
     "model.attn_implementation=sdpa", "data.synth=null", "resume=never",
     "optim.per_device_batch_size=4", "optim.global_batch_size=4", "logger.logging_steps=1",
 ]

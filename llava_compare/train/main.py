@@ -57,7 +57,8 @@ def ensure_synth_data(cfg: DictConfig) -> None:
         from ..data.synthetic import generate
 
         log.info("generating synthetic data into %s", synth.dir)
-        generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size)
+        generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size,
+                 n_captions=synth.n_captions)
     deadline = time.time() + 1800
     while not done.is_file():
         if time.time() > deadline:

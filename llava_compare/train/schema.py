@@ -65,6 +65,7 @@ class SynthConfig:
     dir: str = "outputs/synth"
     n_train: int = 2000
     n_eval: int = 200
+    n_captions: Optional[int] = None  # stage-1 caption items; default n_train
     seed: int = 0
     image_size: int = 64
 

@@ -54,3 +54,19 @@ def test_global_batch_must_divide():
     cfg = compose_config(["recipe=demo_stage1", "optim.per_device_batch_size=3", "optim.global_batch_size=16"])
     with pytest.raises(ValueError, match="not a multiple"):
         training_args(cfg)
+
+
+DIST_OPTIONS = ["ddp", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp"]
+
+
+@pytest.mark.parametrize("dist", DIST_OPTIONS)
+@pytest.mark.parametrize("recipe", ["stage1_align", "stage2_lora", "stage2_qlora"])
+def test_7b_recipes_compose_with_every_dist_option(recipe, dist):
+    cfg = compose_config([f"recipe={recipe}", f"dist={dist}"])
+    if recipe == "stage2_qlora" and dist.startswith("zero3"):
+        with pytest.raises(ValueError, match="ZeRO-3"):
+            training_args(cfg)
+        return
+    args = training_args(cfg)
+    assert bool(args.deepspeed) == dist.startswith("zero")
+    assert bool(args.fsdp) == (dist == "fsdp")
