@@ -33,6 +33,10 @@ TINY_OVERRIDES = [
 ]
 
 
+# Stage 2 with LoRA (the real recipes' default; the demo recipe fully fine-tunes its random LLM).
+LORA = ["stage=instruct_lora", "peft=lora", "peft.r=32", "peft.alpha=64", "peft.dropout=0.0"]
+
+
 def tiny_model_cfg(**compressor: object) -> dict:
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY_MODEL.items()}
     if compressor:
@@ -89,5 +93,5 @@ def stage2_run(stage1_run, synth_dir, tmp_path_factory):
     s1 = stage1_run[1]
     start, _ = load_trained(s1.output_dir)
     cfg = stage_cfg("demo_stage2", synth_dir, tmp_path_factory.mktemp("stage2"), 30,
-                    f"init_from={s1.output_dir}", "optim.lr=3e-3", "optim.llm_lr=3e-3")
+                    f"init_from={s1.output_dir}", "optim.lr=3e-3", "optim.llm_lr=3e-3", *LORA)
     return start, run(cfg)

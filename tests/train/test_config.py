@@ -36,8 +36,10 @@ def test_demo_stage2_starts_where_demo_stage1_writes():
 
 
 def test_overrides_apply():
-    cfg = compose_config(["recipe=demo_stage1", "optim.lr=0.5", "model.compressor.num_queries=8"])
-    assert cfg.optim.lr == 0.5 and cfg.model.compressor.num_queries == 8
+    cfg = compose_config(["recipe=demo_stage1", "optim.lr=0.5", "model/compressor=resampler",
+                          "model.compressor.num_queries=8"])
+    assert cfg.optim.lr == 0.5
+    assert dict(cfg.model.compressor) == {"type": "resampler", "num_queries": 8, "depth": 2, "heads": 8}
 
 
 def test_misspelled_key_lists_valid_keys():

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from llava_compare.train.main import run
-from tests.conftest import TINY_OVERRIDES, stage_cfg
+from tests.conftest import LORA, TINY_OVERRIDES, stage_cfg
 
 STEPS = 3
 COMMON = ["init_from=null", "optim.per_device_batch_size=2", "optim.global_batch_size=4",
-          "optim.lr=1e-2", "optim.llm_lr=1e-2"]
+          "optim.lr=1e-2", "optim.llm_lr=1e-2", *LORA]
 
 
 def torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:

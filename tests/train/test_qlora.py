@@ -6,13 +6,13 @@ import torch
 
 from llava_compare.checkpoint import unwrap
 from llava_compare.train.main import run
-from tests.conftest import stage_cfg
+from tests.conftest import LORA, stage_cfg
 
 
 def test_qlora_stage2_runs_and_trains_only_lora_and_compressor(stage1_run, synth_dir, tmp_path):
     s1 = stage1_run[1]
     cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "q", 4, f"init_from={s1.output_dir}",
-                    "model.llm.load_in_4bit=true")
+                    "model.llm.load_in_4bit=true", *LORA)
     result = run(cfg)
     base = unwrap(result.model)
     linears4 = [m for m in base.language_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
