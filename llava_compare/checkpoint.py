@@ -95,11 +95,12 @@ def load_trained(path: str | Path, merge: bool = True, load_in_4bit: bool = Fals
     if (path / ADAPTER_DIR / "adapter_config.json").is_file():
         model = _load_lora(model, path, merge)
     elif (path / TRAINABLE).is_file():
-        _load_named(model, load_file(str(path / TRAINABLE)))
+        load_named(model, load_file(str(path / TRAINABLE)))
     return model, processor
 
 
-def _load_named(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def load_named(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load trained tensors by parameter name; refuse names the model does not have."""
     missing = set(tensors) - {n for n, _ in model.named_parameters()}
     if missing:
         raise KeyError(f"checkpoint has parameters the model lacks: {sorted(missing)[:5]}...")
@@ -110,5 +111,5 @@ def _load_lora(model: nn.Module, path: Path, merge: bool) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(path / ADAPTER_DIR)))
-    _load_named(peft_model, load_file(str(path / TRAINABLE)))
+    load_named(peft_model, load_file(str(path / TRAINABLE)))
     return peft_model.merge_and_unload() if merge else peft_model

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checkpoint import ADAPTER_DIR, COMPRESSOR, META, TRAINABLE, _load_named, load_trained, unwrap
+from .checkpoint import ADAPTER_DIR, COMPRESSOR, META, TRAINABLE, load_named, load_trained, unwrap
 from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER
 
@@ -111,7 +111,7 @@ def load_stage(ref: str | Path, merge: bool = True) -> tuple[nn.Module, LlavaCom
     if ckpt is not None:
         from safetensors.torch import load_file
 
-        _load_named(model, load_file(str(ckpt / TRAINABLE)))
+        load_named(model, load_file(str(ckpt / TRAINABLE)))
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model.eval(), processor, stage_dir

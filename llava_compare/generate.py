@@ -19,7 +19,7 @@ from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
 def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
     """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
     an export folder or a hub id. LoRA is merged; the model is in eval mode."""
-    from .checkpoint import META, TRAINABLE, _load_named, load_trained
+    from .checkpoint import META, TRAINABLE, load_named, load_trained
     from .export import is_export, load_exported
 
     path = Path(ref)
@@ -29,7 +29,7 @@ def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcesso
         from safetensors.torch import load_file
 
         model, processor = load_trained(path.parent, merge=False)
-        _load_named(model, load_file(str(path / TRAINABLE)))
+        load_named(model, load_file(str(path / TRAINABLE)))
     else:  # an export folder or a hub id (native, remote-code, llava-hf, or base + adapter/)
         return load_exported(ref)
     if hasattr(model, "merge_and_unload"):

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from ..checkpoint import TRAINABLE, _load_named
+from ..checkpoint import TRAINABLE, load_named
 from .stages import param_groups, trainable_state_dict
 
 log = logging.getLogger(__name__)
@@ -81,5 +81,5 @@ class CompareTrainer(Trainer):
         path = os.path.join(resume_from_checkpoint, TRAINABLE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{resume_from_checkpoint} has no {TRAINABLE}; is it a llava_compare checkpoint?")
-        _load_named(model if model is not None else self.model, load_file(path))
+        load_named(model if model is not None else self.model, load_file(path))
         log.info("resumed trained parameters from %s", resume_from_checkpoint)
