@@ -29,7 +29,7 @@ test: $(STAMP)
 
 # Benchmarks print numbers; they are never timed test assertions.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/feature_cache.py
+	$(BIN)/python benchmarks/throughput.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -254,12 +254,11 @@ def check_llava_hf(config: Any) -> None:
         raise ValueError("--format llava-hf needs a single integer vision_feature_layer")
 
 
-def _write_llava_hf(model: nn.Module, processor: LlavaCompareProcessor, out: Path, max_shard_size: str,
-                    chat_template: str | None) -> None:
-    from huggingface_hub import save_torch_state_dict
-    from transformers import LlavaConfig, LlavaProcessor
+def llava_hf_config(cfg: Any) -> Any:
+    """transformers' ``LlavaConfig`` for a model of ours (``mlp`` compressor only): same towers,
+    same image token and count. Used by the llava-hf export and by the benchmark's baseline arm."""
+    from transformers import LlavaConfig
 
-    cfg = model.config
     check_llava_hf(cfg)
     llava_cfg = LlavaConfig(
         vision_config=cfg.vision_config.to_dict(), text_config=cfg.text_config.to_dict(),
@@ -269,6 +268,16 @@ def _write_llava_hf(model: nn.Module, processor: LlavaCompareProcessor, out: Pat
         tie_word_embeddings=cfg.tie_word_embeddings,
     )
     llava_cfg.architectures = ["LlavaForConditionalGeneration"]
+    return llava_cfg
+
+
+def _write_llava_hf(model: nn.Module, processor: LlavaCompareProcessor, out: Path, max_shard_size: str,
+                    chat_template: str | None) -> None:
+    from huggingface_hub import save_torch_state_dict
+    from transformers import LlavaProcessor
+
+    cfg = model.config
+    llava_cfg = llava_hf_config(cfg)
     llava_cfg.dtype = next(model.parameters()).dtype
     save_torch_state_dict(llava_hf_state_dict(model), out, max_shard_size=max_shard_size,
                           metadata={"format": "pt"})

@@ -81,8 +81,10 @@ def _tiny_vision_config(v: Mapping[str, Any]) -> CLIPVisionConfig:
 
 
 def _tiny_text_config(t: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> Any:
+    # ``vocab_size`` may exceed what the tiny tokenizer learns (e.g. LLaMA's 32,000, so the LM head
+    # costs what it costs at scale); the extra rows are simply never produced by the tokenizer.
     return AutoConfig.for_model(
-        "llama", vocab_size=len(tokenizer), hidden_size=t["hidden_size"],
+        "llama", vocab_size=max(len(tokenizer), t.get("vocab_size", 0)), hidden_size=t["hidden_size"],
         num_hidden_layers=t["num_layers"], num_attention_heads=t["num_heads"],
         num_key_value_heads=t["num_heads"], intermediate_size=t["intermediate_size"],
         max_position_embeddings=t["max_position_embeddings"], bos_token_id=tokenizer.bos_token_id,

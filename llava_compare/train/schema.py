@@ -27,7 +27,7 @@ class LLMConfig:
     num_heads: int = 4
     intermediate_size: int = 512
     max_position_embeddings: int = 2048
-    vocab_size: int = 512  # tiny tokenizer only
+    vocab_size: int = 512  # tiny only: LM vocabulary (the tokenizer learns up to this many; the rest are unused rows)
     # Init std of a tiny random LLM (ignored for hub models). LLaMA's 0.02 is for d=4096; at d=128
     # a frozen lm_head row then has norm 0.23, so (final RMSNorm frozen under LoRA) the largest
     # reachable logit is ~2.6 and the loss floors at ~3.7/token. ~1/sqrt(hidden_size) lifts that cap.
