@@ -31,6 +31,7 @@ def test_tokens_never_reach_run_or_export_files(synth_dir, tmp_path, monkeypatch
     import wandb
 
     wandb.finish()  # flush the offline run files before reading them
+    wandb.teardown()  # forget WANDB_DIR: later runs in this process must read their own settings
     export(result.output_dir, export_dir)
 
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
