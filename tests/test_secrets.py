@@ -27,9 +27,11 @@ def test_tokens_never_reach_run_or_export_files(synth_dir, tmp_path, monkeypatch
     monkeypatch.setenv("WANDB_DIR", str(run_dir))  # wandb's files land in the scanned folder
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir.mkdir()
-    result = run(stage_cfg("demo_stage2", synth_dir, run_dir, 2, "init_from=null", "save_steps=1", "logger=wandb"))
     import wandb
 
+    wandb.finish()  # a wandb run earlier in this process would keep its WANDB_DIR otherwise
+    wandb.teardown()
+    result = run(stage_cfg("demo_stage2", synth_dir, run_dir, 2, "init_from=null", "save_steps=1", "logger=wandb"))
     wandb.finish()  # flush the offline run files before reading them
     wandb.teardown()  # forget WANDB_DIR: later runs in this process must read their own settings
     export(result.output_dir, export_dir)
