@@ -22,10 +22,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..checkpoint import load_trained, save_base, save_trained, unwrap
 from ..data.collator import CompareCollator
-from ..data.problems import ProblemLog
 from ..data.conversation import ConversationBuilder
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
+from ..data.problems import ProblemLog
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
 from .skips import SkipMonitor, check_read_skips
