@@ -20,13 +20,14 @@ def _synth_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import evaluate, export, generate, projector_import
+    from . import evaluate, export, generate, projector_import, validate
 
     parser = argparse.ArgumentParser(prog="llava-compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a stage: llava-compare train recipe=NAME key=value ...")
     _synth_cli(sub)
+    validate.add_cli(sub)
     evaluate.add_cli(sub)
     generate.add_cli(sub)
     export.add_cli(sub)

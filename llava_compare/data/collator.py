@@ -1,7 +1,11 @@
 """Collator: text to ``[B, S]``, all images of the batch flattened to ``[N_img, 3, H, W]``.
 
-``None`` items (samples the dataset skipped) are dropped here, so one bad sample never kills a
-step. With ``packing``, the batch's samples are packed first-fit-decreasing into as few rows of
+Skipped samples (``SkippedSample`` markers, or ``None``) are dropped here, so one bad sample
+never kills a step. With ``report_skips`` (training), the batch also carries
+``batch[SKIP_STATS_KEY] = {"seen": n, "skipped": [SkippedSample, ...]}``: the collator may run in a
+DataLoader worker, so this is how the training process learns about skips (the trainer pops it).
+
+With ``packing``, the batch's samples are packed first-fit-decreasing into as few rows of
 ``max_length`` tokens as they fit, with position ids restarting at 0 per sample and
 ``segment_ids`` (1, 2, ... per sample in a row; 0 = padding) from which the model builds a
 block-diagonal mask, so packed samples never attend to each other. Images are ordered by where
@@ -15,6 +19,9 @@ from typing import Any, Sequence
 import torch
 
 from .conversation import IGNORE
+from .dataset import SkippedSample
+
+SKIP_STATS_KEY = "skip_stats"
 
 
 def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -36,22 +43,26 @@ def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 class CompareCollator:
     def __init__(self, pad_token_id: int, packing: bool = False, max_length: int | None = None,
-                 pad_to_multiple_of: int | None = None):
+                 pad_to_multiple_of: int | None = None, report_skips: bool = False):
         if packing and not max_length:
             raise ValueError("packing needs max_length (the packed row length)")
         self.pad_token_id, self.packing, self.max_length = pad_token_id, packing, max_length
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.report_skips = report_skips
 
-    def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-        items = [it for it in items if it is not None]
-        if not items:
+    def __call__(self, items: Sequence[dict[str, Any] | SkippedSample | None]) -> dict[str, Any]:
+        kept = [it for it in items if isinstance(it, dict)]
+        if not kept:
             # Every sample of this batch was skipped; the trainer treats an empty batch as a no-op.
-            return {"input_ids": torch.zeros(0, 0, dtype=torch.long)}
-        if self.packing:
-            rows = pack_first_fit([len(it["input_ids"]) for it in items], self.max_length)
+            batch: dict[str, Any] = {"input_ids": torch.zeros(0, 0, dtype=torch.long)}
+        elif self.packing:
+            batch = self._layout(kept, pack_first_fit([len(it["input_ids"]) for it in kept], self.max_length))
         else:
-            rows = [[i] for i in range(len(items))]
-        return self._layout(items, rows)
+            batch = self._layout(kept, [[i] for i in range(len(kept))])
+        if self.report_skips:
+            batch[SKIP_STATS_KEY] = {"seen": len(items),
+                                     "skipped": [it for it in items if isinstance(it, SkippedSample)]}
+        return batch
 
     def _width(self, items: Sequence[dict[str, Any]], rows: list[list[int]]) -> int:
         width = max(sum(len(items[i]["input_ids"]) for i in row) for row in rows)

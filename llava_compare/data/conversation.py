@@ -4,6 +4,10 @@ Uses the LM tokenizer's own chat template when it has one (so a Llama-3 or Qwen2
 native format), vicuna_v1 (LLaVA-1.5's) otherwise. Writes the ``Image k: `` marker before the k-th
 image unless the dataset already labels its images (``Sample.has_markers``) or markers are off.
 Images stay as one ``<image>`` token each here; the processor expands them afterwards.
+
+A sample it cannot encode raises :class:`DataError` and nothing else (``checks.check_conversation``
+runs first; a chat template that refuses a conversation is turned into one too), so the dataset
+can skip-and-count any bad sample without catching broad exceptions.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from .checks import check_conversation
 from .sample import IMAGE_PLACEHOLDER, DataError, Message, Sample
 
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -53,11 +58,7 @@ class ConversationBuilder:
 
     # --- rendering into (text, trainable) segments -------------------------------------------------
     def _messages(self, sample: Sample) -> list[Message]:
-        if sample.num_placeholders != len(sample.images):
-            raise DataError(f"{sample.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
-                            f"{len(sample.images)} images", sample.id, "placeholder_count")
-        if not any(m.role == "assistant" and m.content.strip() for m in sample.messages):
-            raise DataError("no non-empty assistant turn to learn from", sample.id, "empty_assistant")
+        check_conversation(sample)  # roles, UTF-8, placeholder count, non-empty answers
         return sample.messages if sample.has_markers else insert_markers(sample.messages, self.marker_template)
 
     def _vicuna_segments(self, messages: list[Message]) -> list[tuple[str, bool]]:
@@ -77,21 +78,32 @@ class ConversationBuilder:
             segs.append((pending, False))
         return segs
 
+    def _render(self, msgs: list[dict[str, str]], generation_prompt: bool) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as err:  # noqa: BLE001 - templates raise jinja errors (e.g. "roles must alternate")
+            raise DataError(f"the tokenizer's chat template cannot render this conversation: "
+                            f"{type(err).__name__}: {err}; fix the turn order or use "
+                            "data.conversation_template=vicuna_v1", None, "template") from err
+
     def _chat_segments(self, messages: list[Message]) -> list[tuple[str, bool]]:
         # Prefix difference: what rendering message i adds to the prompt that ends with the
         # generation header is exactly that assistant turn (content + end-of-turn tokens).
         dicts = [{"role": m.role, "content": m.content} for m in messages]
-        render = lambda msgs, gen: self.tokenizer.apply_chat_template(  # noqa: E731
-            msgs, tokenize=False, add_generation_prompt=gen)
+        render = self._render
         segs: list[tuple[str, bool]] = []
         done = ""
         for i, m in enumerate(dicts):
             if m["role"] != "assistant":
                 continue
+            if i == 0:  # chat templates cannot render the empty prompt before it
+                raise DataError("the conversation starts with an assistant turn; with a chat template the "
+                                "first turn must be a user (or system) turn", None, "template")
             prompt, full = render(dicts[:i], True), render(dicts[: i + 1], False)
             if not (prompt.startswith(done) and full.startswith(prompt)):
-                raise ValueError("the tokenizer's chat template is not prefix-stable; use "
-                                 "data.conversation_template=vicuna_v1")
+                raise DataError("the tokenizer's chat template is not prefix-stable for this conversation, "
+                                "so assistant tokens cannot be told apart; use "
+                                "data.conversation_template=vicuna_v1", None, "template")
             segs += [(prompt[len(done):], False), (full[len(prompt):], True)]
             done = full
         return segs
@@ -100,6 +112,14 @@ class ConversationBuilder:
         if self.template == "chat":
             return self._chat_segments(messages)
         return self._vicuna_segments(messages)
+
+    def _sample_segments(self, messages: list[Message], sample_id: str) -> list[tuple[str, bool]]:
+        try:
+            return self.segments(messages)
+        except DataError as err:
+            if err.sample_id is None:  # template errors do not know the sample: name it here
+                raise DataError(err.detail, sample_id, err.kind) from err
+            raise
 
     # --- tokenisation ---------------------------------------------------------------------------
     def _tokenize(self, segs: list[tuple[str, bool]]) -> Encoded:
@@ -117,14 +137,14 @@ class ConversationBuilder:
 
     def encode(self, sample: Sample) -> Encoded:
         """All turns; labels on assistant content and its end-of-turn token only."""
-        return self._tokenize(self.segments(self._messages(sample)))
+        return self._tokenize(self._sample_segments(self._messages(sample), sample.id))
 
     def encode_prompt(self, sample: Sample) -> list[int]:
         """Everything before the final assistant answer, ending with the assistant header:
         the input for ``generate()`` or for scoring answer options."""
         msgs = self._messages(sample)
         last = max(i for i, m in enumerate(msgs) if m.role == "assistant")
-        segs = self.segments(msgs[:last] + [Message("assistant", "x")])
+        segs = self._sample_segments(msgs[:last] + [Message("assistant", "x")], sample.id)
         return self._tokenize(segs[:-1]).input_ids
 
     def encode_answer(self, answer: str) -> list[int]:

@@ -4,21 +4,29 @@ Token budget policy (documented in the README): a sample whose expanded length e
 ``max_length`` first loses trailing (user, assistant) turn pairs; if even its first exchange does
 not fit, it is dropped and counted. A sample is never cut inside an image span, and a sample
 never loses its images (the remaining turns always hold every placeholder, or it is dropped).
+
+Bad samples (``data.on_error``): every problem is a :class:`DataError` from ``checks.py`` -- the
+same checks ``llava-compare validate`` runs (:meth:`CompareDataset.problems`). Under ``skip`` a
+bad sample becomes a :class:`SkippedSample` marker, which the collator drops and reports in the
+batch, so the skip is counted in the training process even when ``__getitem__`` ran in a
+DataLoader worker; under ``raise`` the error propagates, naming the sample and the file.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
+from .checks import check_image, load_image
 from .conversation import IGNORE, ConversationBuilder, Encoded
 from .feature_cache import FeatureCache, image_key
+from .problems import ProblemLog
 from .processor import LlavaCompareProcessor
-from .sample import IMAGE_PLACEHOLDER, DataError, Sample
+from .sample import DataError, Sample
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +47,34 @@ def _trailing_trims(sample: Sample) -> list[Sample]:
         out.append(trimmed)
 
 
+@dataclass(frozen=True)
+class SkippedSample:
+    """What ``__getitem__`` returns for a sample skipped under ``on_error="skip"``."""
+
+    sample_id: str | None
+    kind: str
+    detail: str
+
+    def error(self) -> DataError:
+        return DataError(self.detail, self.sample_id, self.kind)
+
+
 class CompareDataset(Dataset):
     """Lazily encodes samples; bad or over-long samples are skipped and counted (or raised)."""
 
     def __init__(self, samples: Sequence[Sample], processor: LlavaCompareProcessor,
                  builder: ConversationBuilder, max_length: int, on_error: str = "skip",
-                 feature_cache: FeatureCache | None = None):
+                 feature_cache: FeatureCache | None = None, max_image_pixels: int | None = None):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.samples, self.processor, self.builder = list(samples), processor, builder
         self.max_length, self.on_error = max_length, on_error
         self.feature_cache = feature_cache  # stage 1: cached ViT features instead of pixels
-        self.skipped: Counter[str] = Counter()
+        self.max_image_pixels = max_image_pixels  # None: PIL's Image.MAX_IMAGE_PIXELS
+        # Skips seen by *this* process; training counts the ones reported in batches instead
+        # (``__getitem__`` may run in DataLoader workers, whose counts never come back).
+        self.skipped = ProblemLog()
+        self.read_skipped = ProblemLog()  # rows the reader dropped before they became samples
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -74,28 +98,57 @@ class CompareDataset(Dataset):
                         f"{self.max_length}; raise data.max_length or use a compressor with "
                         "fewer tokens per image", sample.id, "too_long")
 
-    def encode(self, sample: Sample) -> dict[str, Any]:
+    def encode_text(self, sample: Sample) -> Encoded:
+        """Ids/labels within the budget, with at least one label left (all text checks)."""
         enc = self.fit_budget(sample)
         if all(label == IGNORE for label in enc.labels):
             raise DataError("no assistant tokens left to learn from", sample.id, "empty_assistant")
+        return enc
+
+    def encode(self, sample: Sample) -> dict[str, Any]:
+        enc = self.encode_text(sample)
         item: dict[str, Any] = {"input_ids": torch.tensor(enc.input_ids),
                                 "labels": torch.tensor(enc.labels), "sample_id": sample.id}
         if sample.images and self.feature_cache is not None:
-            item["vision_features"] = torch.stack([self.feature_cache[image_key(im)] for im in sample.images])
+            item["vision_features"] = torch.stack([self.cached_features(sample, im) for im in sample.images])
         elif sample.images:
-            item["pixel_values"] = self.processor.preprocess_images(sample.images)
+            pil = [load_image(im, sample.id, self.max_image_pixels) for im in sample.images]
+            item["pixel_values"] = self.processor.preprocess_images(pil)
         return item
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def cached_features(self, sample: Sample, image: Any) -> torch.Tensor:
+        """``[P, D_vis]`` from the feature cache; an image left out of it (missing, undecodable,
+        too large) is checked again to raise its own problem."""
+        try:
+            return self.feature_cache[image_key(image)]
+        except (OSError, KeyError):
+            check_image(image, sample.id, self.max_image_pixels)  # raises the image's own DataError
+            raise
+
+    def problems(self, sample: Sample) -> list[DataError]:
+        """Every problem of ``sample``, not just the first: the checks ``encode`` runs, for the
+        validator. Images are decoded even with a feature cache (the validator has none)."""
+        found = []
+        try:
+            self.encode_text(sample)
+        except DataError as err:
+            found.append(err)
+        for image in sample.images:
+            try:
+                check_image(image, sample.id, self.max_image_pixels)
+            except DataError as err:
+                found.append(err)
+        return found
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         sample = self.samples[index]
         try:
             return self.encode(sample)
-        except (DataError, OSError) as err:  # OSError: missing / undecodable image file
+        except DataError as err:  # the checks turn every sample problem into one
             if self.on_error == "raise":
-                if isinstance(err, DataError):
-                    raise
-                raise DataError(f"cannot read image: {err}", sample.id, "bad_image") from err
-            kind = err.kind if isinstance(err, DataError) else "bad_image"
-            self.skipped[kind] += 1
-            log.warning("skipping %s", err)
-            return None
+                raise
+            self.skipped.add(err)
+            # The first few of each kind in full; after that the SkipMonitor's periodic counts
+            # say it without flooding the log of a run over a dataset with thousands of bad rows.
+            log.log(logging.WARNING if self.skipped[err.kind] <= 3 else logging.DEBUG, "skipping %s", err)
+            return SkippedSample(err.sample_id, err.kind, err.detail)

@@ -25,6 +25,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checks import load_image
+from .sample import DataError
+
 log = logging.getLogger(__name__)
 SHARD_IMAGES = 256  # images per shard file
 
@@ -93,12 +96,39 @@ def _compute_share(model: Any, processor: Any, images: dict[str, Any], folder: P
     for n, shard_keys in enumerate(_batches(keys, SHARD_IMAGES)):
         name, tensors = f"rank{rank:03d}-{n:05d}.safetensors", {}
         for batch in _batches(shard_keys, batch_size):
-            pixels = processor.preprocess_images([images[k] for k in batch]).to(device)
+            decoded = _decode(images, batch)
+            if not decoded:
+                continue
+            pixels = processor.preprocess_images(list(decoded.values())).to(device)
             feats = model.get_vision_features(pixels).cpu()  # [b, P, D_vis]
-            tensors.update({k: f.contiguous() for k, f in zip(batch, feats)})
+            tensors.update({k: f.contiguous() for k, f in zip(decoded, feats)})
         save_file(tensors, str(folder / name))
         index.update({k: name for k in tensors})
     (folder / f"index-rank{rank:03d}.json").write_text(json.dumps(index))  # written last: "done"
+
+
+def _decode(images: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """key -> decoded image for the keys whose image decodes; bad ones are left out of the cache
+    (the dataset meets them again in ``__getitem__`` and skips or raises with the sample id)."""
+    out = {}
+    for k in keys:
+        try:
+            out[k] = load_image(images[k], "feature-cache")
+        except DataError as err:
+            log.warning("feature cache: not cached: %s", err.detail)
+    return out
+
+
+def _readable_images(samples: Sequence[Any]) -> dict[str, Any]:
+    """key -> image for every image file that exists (missing ones are left out, see ``_decode``)."""
+    images = {}
+    for s in samples:
+        for im in s.images:
+            try:
+                images[image_key(im)] = im
+            except OSError:
+                log.warning("feature cache: sample %r: image %s is missing; not cached", s.id, im)
+    return images
 
 
 def build_feature_cache(model: Any, processor: Any, samples: Sequence[Any], root: str | Path,
@@ -111,7 +141,7 @@ def build_feature_cache(model: Any, processor: Any, samples: Sequence[Any], root
     if done and len(done) >= 1 and (folder / "complete").is_file():
         log.info("feature cache: reading %s", folder)
         return FeatureCache(folder)
-    images = {image_key(im): im for s in samples for im in s.images}
+    images = _readable_images(samples)
     mine = {k: v for k, v in images.items() if int(k, 16) % world_size == rank}
     (folder / f"index-rank{rank:03d}.json").unlink(missing_ok=True)  # a stale one would pass the barrier
     log.info("feature cache: computing %d of %d images into %s", len(mine), len(images), folder)

@@ -28,6 +28,7 @@ file, unknown format, undetectable layout) always raise.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import logging
@@ -41,7 +42,9 @@ from typing import Any
 
 from PIL import Image as PILImage
 
-from llava_compare.data.sample import IMAGE_PLACEHOLDER, DataError, Message, Role, Sample
+from llava_compare.data.checks import ROLE_MAP, check_placeholders, check_text, resolve_role  # noqa: F401
+from llava_compare.data.problems import ProblemLog
+from llava_compare.data.sample import IMAGE_PLACEHOLDER, DataError, Message, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +58,8 @@ DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 #: Each format's own image placeholder, rewritten to ``IMAGE_PLACEHOLDER`` on read.
 DEFAULT_PLACEHOLDERS = {"llava": "<image>", "mantis": "<image>", "owl": "<|image|>"}
 
-#: Dataset role names -> canonical roles. One table for all formats: LLaVA-style files in the wild
-#: mix "human"/"gpt" with "user"/"assistant", and accepting both costs nothing.
-ROLE_MAP: dict[str, Role] = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-}
+# ROLE_MAP (dataset role names -> canonical roles) lives with the role check in ``checks.py``;
+# it is imported here so ``formats.ROLE_MAP`` keeps working.
 
 _ORDINALS = "first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|\\d+(?:st|nd|rd|th)"
 #: Default dataset image marker: "Image 1:", "Image 1 :", "image 2:", "Picture 3:", "The first image:"
@@ -114,11 +110,13 @@ class SourceSpec:
 class ReadResult(list[Sample]):
     """The samples read, in order. It *is* a ``list[Sample]``, so callers that only want samples
     need no unpacking; ``skipped`` counts rows dropped under ``on_error="skip"`` by ``DataError.kind``
-    ("placeholder_count", "unknown_role", "empty_conversation", "bad_row")."""
+    ("placeholder_count", "unknown_role", "non_utf8", "empty_conversation", "bad_row", "bad_image")
+    and keeps the first examples of each (a :class:`ProblemLog`, which ``validate`` reports)."""
 
     def __init__(self, samples: Iterable[Sample] = (), skipped: Mapping[str, int] | None = None):
         super().__init__(samples)
-        self.skipped: Counter[str] = Counter(skipped or {})
+        self.skipped = ProblemLog()
+        self.skipped.merge(skipped or {})
 
     @property
     def num_skipped(self) -> int:
@@ -178,7 +176,7 @@ def marker_regex(pattern: str | None = None) -> re.Pattern[str]:
 
 def read_samples(spec: SourceSpec, *, on_error: str = "raise") -> ReadResult:
     """Read every sample of one source. See the module docstring for ``on_error``."""
-    skipped: Counter[str] = Counter()
+    skipped = ProblemLog()
     result = ReadResult(iter_samples(spec, on_error=on_error, skipped=skipped), skipped)
     if result.skipped:
         logger.warning("%s: skipped %d samples: %s", spec.path, result.num_skipped, dict(result.skipped))
@@ -191,7 +189,7 @@ def read_sources(specs: Sequence[SourceSpec], *, on_error: str = "raise") -> Rea
     for spec in specs:
         part = read_samples(spec, on_error=on_error)
         result.extend(part)
-        result.skipped.update(part.skipped)
+        result.skipped.merge(part.skipped)
     return result
 
 
@@ -235,7 +233,9 @@ def _iter_file(
             if on_error == "raise":
                 raise
             logger.debug("skipping: %s", err)
-            if skipped is not None:
+            if isinstance(skipped, ProblemLog):
+                skipped.add(err)
+            elif skipped is not None:
                 skipped[err.kind] += 1
 
 
@@ -298,13 +298,7 @@ def parse_row(row: Any, index: int, ctx: RowContext) -> Sample:
     messages = [_parse_turn(turn, t, where, sample_id, ctx) for t, turn in enumerate(turns)]
     images = [_resolve_image(item, ctx.image_root, where, sample_id) for item in _raw_images(row, layout)]
     sample = Sample(id=sample_id, messages=messages, images=images, meta=_meta(row, layout))
-    if sample.num_placeholders != len(images):
-        raise DataError(
-            f"{where}: {sample.num_placeholders} image placeholders ({ctx.placeholder!r}) in the text but "
-            f"{len(images)} images; expected exactly one placeholder per image, in image order",
-            sample_id,
-            "placeholder_count",
-        )
+    check_placeholders(sample, where, ctx.placeholder)
     sample.has_markers = apply_markers(sample.messages, ctx.marker_re, ctx.markers)
     return sample
 
@@ -318,16 +312,9 @@ def _parse_turn(turn: Any, t: int, where: str, sample_id: str, ctx: RowContext) 
             sample_id,
             "bad_row",
         )
-    raw_role = turn.get(layout.role_key)
-    role = ROLE_MAP.get(raw_role.lower()) if isinstance(raw_role, str) else None
-    if role is None:
-        raise DataError(
-            f"{where}, turn {t}: unknown role {raw_role!r} in {layout.role_key!r}; "
-            f"valid roles: {', '.join(ROLE_MAP)}",
-            sample_id,
-            "unknown_role",
-        )
+    role = resolve_role(turn.get(layout.role_key), sample_id, where, t)
     content = turn[layout.text_key]
+    check_text(content, sample_id, where, t)
     if ctx.placeholder != IMAGE_PLACEHOLDER:
         content = content.replace(ctx.placeholder, IMAGE_PLACEHOLDER)
     return Message(role=role, content=content)
@@ -349,10 +336,10 @@ def _resolve_image(item: Any, root: str | None, where: str, sample_id: str) -> A
     if isinstance(item, Mapping):
         # An undecoded ``datasets.Image`` struct: embedded bytes win, else it is a path reference.
         if item.get("bytes") is not None:
-            return PILImage.open(io.BytesIO(item["bytes"]))
+            return _open_embedded(item["bytes"], where, sample_id)
         item = item.get("path")
     if isinstance(item, (bytes, bytearray)):
-        return PILImage.open(io.BytesIO(item))
+        return _open_embedded(item, where, sample_id)
     if isinstance(item, str) and item:
         return join_image_path(root, item)
     raise DataError(
@@ -360,6 +347,15 @@ def _resolve_image(item: Any, root: str | None, where: str, sample_id: str) -> A
         sample_id,
         "bad_row",
     )
+
+
+def _open_embedded(data: bytes, where: str, sample_id: str) -> PILImage.Image:
+    """Open (lazily: the header only) an image stored in the row; decoding is ``checks.load_image``'s."""
+    try:
+        return PILImage.open(io.BytesIO(data))
+    except Exception as err:  # noqa: BLE001 - PIL raises several types for bytes that are no image
+        raise DataError(f"{where}: embedded image bytes cannot be opened: {type(err).__name__}: {err}",
+                        sample_id, "bad_image") from err
 
 
 def join_image_path(root: str | None, path: str) -> str:
@@ -456,6 +452,11 @@ def load_rows(file: Path) -> Iterable[Mapping[str, Any]]:
     import datasets  # imported lazily: it is slow to import and only needed when actually reading
 
     builder = DATA_SUFFIXES[file.suffix.lower()]
+    if builder == "json" and not _is_utf8(file):
+        # ``datasets`` loads such a file and then fails on the first bad row while iterating,
+        # taking the whole file down; our reader keeps the bad bytes for check_text to report.
+        logger.warning("%s: not valid UTF-8; reading with the json module to report the bad rows", file)
+        return _read_json_rows(file)
     try:
         return datasets.load_dataset(builder, data_files=str(file), split="train")
     except Exception as exc:  # noqa: BLE001 - any loader failure on JSON gets the plain-json retry
@@ -465,9 +466,27 @@ def load_rows(file: Path) -> Iterable[Mapping[str, Any]]:
         return _read_json_rows(file)
 
 
+def _is_utf8(file: Path, chunk_bytes: int = 1 << 24) -> bool:
+    """Whether the whole file decodes as UTF-8 (streamed: a large file is never held whole)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with file.open("rb") as f:
+            while chunk := f.read(chunk_bytes):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _read_json_rows(file: Path) -> list[Any]:
-    """Heterogeneous rows (``image`` str here, list there, mixed meta types) need no common schema."""
-    text = file.read_text(encoding="utf-8")
+    """Heterogeneous rows (``image`` str here, list there, mixed meta types) need no common schema.
+
+    Also the reader for files with invalid UTF-8 (``datasets`` refuses the whole file): bytes that
+    do not decode become lone surrogates (``surrogateescape``), and ``checks.check_text`` rejects
+    just the rows that hold them, naming the row and the byte.
+    """
+    text = file.read_bytes().decode("utf-8", errors="surrogateescape")
     try:
         if file.suffix.lower() == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]

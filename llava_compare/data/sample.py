@@ -21,7 +21,8 @@ class DataError(ValueError):
 
     def __init__(self, message: str, sample_id: str | None = None, kind: str = "invalid"):
         self.sample_id = sample_id
-        self.kind = kind  # a short machine-readable problem name, used for skip counters
+        self.kind = kind  # a short machine-readable problem name (``problems.KINDS``), used for skip counters
+        self.detail = message  # the message without the sample prefix, for reports that list ids apart
         prefix = f"sample {sample_id!r}: " if sample_id is not None else ""
         super().__init__(prefix + message)
 

@@ -2,6 +2,7 @@
 
 ``build_model(model_cfg)`` is the one entry point; a component with ``name_or_path: null`` is built
 tiny from its config with a fixed seed, one with a hub id or folder is loaded from it.
+``build_processor(model_cfg)`` makes the same processor without loading any weights (data checks).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ except ImportError:
 
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import IMAGE_PLACEHOLDER
+from .compressors import patch_grid, tokens_per_image
 from .config import LlavaCompareConfig
 from .modeling import LlavaCompareForConditionalGeneration
 from .tiny_tokenizer import build_tiny_tokenizer
@@ -113,6 +115,26 @@ def _load_tokenizer(llm_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     return tok
 
 
+def _vision_config(vcfg: Mapping[str, Any]) -> CLIPVisionConfig:
+    config = AutoConfig.from_pretrained(vcfg["name_or_path"]) if vcfg.get("name_or_path") else _tiny_vision_config(vcfg)
+    if getattr(config, "vision_config", None) is not None:  # a full CLIP id: take its tower
+        config = config.vision_config
+    return config
+
+
+def build_processor(model_cfg: Mapping[str, Any]) -> LlavaCompareProcessor:
+    """The processor ``build_model`` would return (tokenizer, image processor, tokens per image),
+    from configs and tokenizer files only: checking a dataset against a 7B recipe loads no weights."""
+    vcfg = model_cfg["vision"]
+    vision_config = _vision_config(vcfg)
+    grid = patch_grid(vision_config.image_size, vision_config.patch_size)
+    return LlavaCompareProcessor(
+        image_processor=_image_processor(vision_config.image_size, vcfg.get("name_or_path")),
+        tokenizer=_load_tokenizer(model_cfg["llm"]),
+        tokens_per_image=tokens_per_image(dict(model_cfg["compressor"]), grid),  # what the config asks too
+    )
+
+
 def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditionalGeneration,
                                                         LlavaCompareProcessor]:
     """Assemble ViT + compressor + LLM and its processor from a ``model:`` config section."""
@@ -120,10 +142,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     dtype = DTYPES[model_cfg.get("dtype", "float32")]
     attn = resolve_attn_implementation(model_cfg.get("attn_implementation", "auto"))
     tokenizer = _load_tokenizer(tcfg)
-    vision_config = (AutoConfig.from_pretrained(vcfg["name_or_path"]) if vcfg.get("name_or_path")
-                     else _tiny_vision_config(vcfg))
-    if getattr(vision_config, "vision_config", None) is not None:  # a full CLIP id: take its tower
-        vision_config = vision_config.vision_config
+    vision_config = _vision_config(vcfg)
     text_config = (AutoConfig.from_pretrained(tcfg["name_or_path"]) if tcfg.get("name_or_path")
                    else _tiny_text_config(tcfg, tokenizer))
     config = LlavaCompareConfig(

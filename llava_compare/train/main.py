@@ -25,8 +25,10 @@ from ..data.collator import CompareCollator
 from ..data.conversation import ConversationBuilder
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
+from ..data.problems import ProblemLog
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
+from .skips import SkipMonitor, check_read_skips
 from .stages import configure_stage
 from .trainer import CompareTrainer
 
@@ -86,10 +88,13 @@ def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: A
         raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
                          f"'data.{split}=[{{path: data/{split}.json}}]'")
     samples = read_sources(specs, on_error=cfg.data.on_error)
+    if split == "train":
+        check_read_skips(samples.skipped, len(samples), cfg.data.max_skip_rate)
     cache = feature_cache(cfg, model, processor, samples) if split == "train" else None
     dataset = CompareDataset(samples, processor, make_builder(cfg, processor), cfg.data.max_length,
-                             on_error=cfg.data.on_error, feature_cache=cache)
-    dataset.skipped.update(samples.skipped)  # rows the reader could not parse count too
+                             on_error=cfg.data.on_error, feature_cache=cache,
+                             max_image_pixels=cfg.data.max_image_pixels)
+    dataset.read_skipped = samples.skipped  # rows the reader could not use count too
     return dataset
 
 
@@ -193,17 +198,22 @@ def run(cfg: DictConfig) -> RunResult:
     model = configure_stage(model, cfg.stage, cfg.peft)
     if cfg.optim.gradient_checkpointing:
         unwrap(model).config.use_cache = False
+    skips = SkipMonitor(cfg.data.log_skips_every, cfg.data.max_skip_rate, cfg.data.skip_rate_min_samples)
     trainer = CompareTrainer(
         model=model, args=training_args(cfg), train_dataset=train_set,
         data_collator=CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
-                                      max_length=cfg.data.max_length),
+                                      max_length=cfg.data.max_length, report_skips=True),
         processing_class=processor,
-        optim_cfg=OmegaConf.to_container(cfg.optim),
+        optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
     )
     result = trainer.train(resume_from_checkpoint=resume_point(cfg))
-    metrics = {**result.metrics, "skipped": dict(train_set.skipped), "log_history": trainer.state.log_history}
-    if train_set.skipped:
-        log.warning("skipped samples by reason: %s", dict(train_set.skipped))
+    skipped = ProblemLog()
+    for part in (train_set.read_skipped, skips.skipped):  # at read time + while training (this rank)
+        skipped.merge(part)
+    metrics = {**result.metrics, "skipped": dict(skipped), "skipped_examples": skipped.examples,
+               "log_history": trainer.state.log_history}
+    if skipped:
+        log.warning("skipped samples by reason: %s", dict(skipped))
     trained = trainer.trainable_state()  # collective under ZeRO-3 / FSDP: every rank calls it
     if trainer.is_world_process_zero():
         save_trained(trainer.model, cfg.output_dir, trained)

@@ -80,7 +80,11 @@ class DataConfig:
     conversation_template: str = "auto"  # auto | chat | vicuna_v1
     system_prompt: Optional[str] = None
     max_length: int = 2048
-    on_error: str = "skip"  # skip (count and go on) | raise
+    on_error: str = "skip"  # skip (count, log, go on) | raise (stop at the bad sample, naming it)
+    max_image_pixels: Optional[int] = None  # bigger images are bad (decompression bombs); null = PIL's ~89 Mpx
+    max_skip_rate: float = 0.05  # the run fails when a larger share of samples is skipped
+    skip_rate_min_samples: int = 200  # samples drawn before max_skip_rate applies during training
+    log_skips_every: int = 50  # steps between skip-count log lines (and the cross-rank skip-rate check)
     packing: bool = False  # pack each batch's samples into rows of max_length, no cross-attention
     group_by_length: bool = False  # without packing: batches of similar length (less padding)
     feature_cache: Optional[str] = None  # stage 1 (frozen ViT): folder for cached ViT features

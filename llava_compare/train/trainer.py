@@ -5,7 +5,8 @@ all come from ``transformers.Trainer``. We change three things only:
 - optimizer groups with a learning rate per component (``stages.param_groups``);
 - checkpoints hold only the trained parameters (``trainable.safetensors``) -- a stage-1 run over a
   frozen 7B LLM must not write 14 GB per checkpoint -- plus optimizer/scheduler/RNG/step as usual;
-- a batch whose samples were all skipped is a no-op step instead of a crash.
+- a batch whose samples were all skipped is a no-op step instead of a crash, and each batch's
+  skip report (``collator.SKIP_STATS_KEY``) goes to the ``SkipMonitor`` before the forward pass.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from ..checkpoint import TRAINABLE, load_named
+from ..data.collator import SKIP_STATS_KEY
 from .stages import param_groups, trainable_state_dict
 
 log = logging.getLogger(__name__)
 
 
 class CompareTrainer(Trainer):
-    def __init__(self, *args: Any, optim_cfg: dict[str, Any], **kwargs: Any):
+    def __init__(self, *args: Any, optim_cfg: dict[str, Any], skip_monitor: Any = None, **kwargs: Any):
         self.optim_cfg = optim_cfg
+        self.skip_monitor = skip_monitor  # a train.skips.SkipMonitor: counts, logs, enforces the skip rate
+        if skip_monitor is not None:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), skip_monitor]
         super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
@@ -52,6 +57,9 @@ class CompareTrainer(Trainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
+        stats = inputs.pop(SKIP_STATS_KEY, None)  # not a model input
+        if self.skip_monitor is not None:
+            self.skip_monitor.record(stats)
         if inputs["input_ids"].numel() == 0:  # every sample of the batch was skipped
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return (zero, None) if return_outputs else zero

@@ -7,7 +7,7 @@ from PIL import Image
 
 from llava_compare.data.collator import CompareCollator
 from llava_compare.data.conversation import IGNORE, ConversationBuilder
-from llava_compare.data.dataset import CompareDataset
+from llava_compare.data.dataset import CompareDataset, SkippedSample
 from llava_compare.data.processor import LlavaCompareProcessor
 from llava_compare.data.sample import DataError, Message, Sample
 
@@ -56,7 +56,8 @@ def test_budget_drops_trailing_turns_not_image_spans(tiny, images):
 def test_too_long_first_turn_is_dropped_and_counted(tiny, images):
     _, processor = tiny
     ds = make_ds(processor, [long_sample(images)], max_length=12)
-    assert ds[0] is None and ds.skipped["too_long"] == 1
+    assert ds[0] == SkippedSample("long", "too_long", ds.skipped.examples["too_long"][0]["detail"])
+    assert ds.skipped == {"too_long": 1}
     with pytest.raises(DataError, match="exceeds max_length 12"):
         make_ds(processor, [long_sample(images)], max_length=12, on_error="raise")[0]
 
@@ -65,8 +66,8 @@ def test_missing_image_is_skipped_or_raised_with_the_id(tiny, images):
     _, processor = tiny
     bad = Sample("bad-7", [Message("user", "<image> Q"), Message("assistant", "A")], images=["/nope.png"])
     ds = make_ds(processor, [bad])
-    assert ds[0] is None and ds.skipped["bad_image"] == 1
-    with pytest.raises(DataError, match="bad-7"):
+    assert isinstance(ds[0], SkippedSample) and ds.skipped == {"missing_image": 1}
+    with pytest.raises(DataError, match="bad-7.*not found: /nope.png"):
         make_ds(processor, [bad], on_error="raise")[0]
 
 

@@ -48,3 +48,18 @@ def test_build_from_local_folders(tmp_path):
     inputs = processor(text="Image 1 : <image> Which is brighter ?", images=[Image.new("RGB", (48, 32))])
     with torch.no_grad():
         assert model(**inputs).logits.shape[-1] == len(processor.tokenizer)
+
+
+def test_build_processor_matches_build_model_without_weights():
+    """The validator's processor (no weights loaded) is the one training builds."""
+    from llava_compare.model.build import build_processor
+    from tests.conftest import tiny_model_cfg
+
+    for compressor in ({"type": "resampler", "num_queries": 7, "depth": 1, "heads": 2}, {"type": "pool", "size": 2}):
+        cfg = tiny_model_cfg(**compressor)
+        _, built = build_model(cfg)
+        alone = build_processor(cfg)
+        assert alone.tokens_per_image == built.tokens_per_image == (7 if compressor["type"] == "resampler" else 4)
+        assert alone.tokenizer.get_vocab() == built.tokenizer.get_vocab()
+        assert alone.image_token_id == built.image_token_id
+        assert alone.image_processor.to_dict() == built.image_processor.to_dict()

@@ -1,0 +1,133 @@
+"""``llava-compare validate DATA [--image-root R] [--format F] [--json PATH] [recipe=NAME key=value ...]``
+
+Checks a whole dataset before a long run, with the checks training applies to each sample
+(``data/checks.py``, through the same readers, conversation builder, processor and token budget):
+missing, undecodable / truncated or oversized images, ``<image>`` count != image count, samples
+over ``data.max_length`` tokens, empty assistant turns, unknown roles and non-UTF-8 text. Every
+problem is counted and the first 20 of each kind are listed with sample id and detail. Exit code 0:
+clean; 1: problems found; ``--json PATH`` writes the same report for machines.
+
+The token budget comes from the recipe's model (``recipe=...``, ``model.*`` and ``data.*``
+overrides, or ``init_from=STAGE_DIR``); only the tokenizer and configs are loaded, never weights.
+Without DATA, the recipe's ``data.train`` sources are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from .data.dataset import CompareDataset
+from .data.formats import FORMATS, SourceSpec, read_sources
+from .data.problems import ProblemLog
+
+
+def source_specs(cfg: DictConfig, paths: Sequence[str], fmt: str, image_root: str | None) -> list[SourceSpec]:
+    """The sources to check: DATA paths with the CLI's format/root, else the config's data.train."""
+    if paths:
+        return [SourceSpec(path=p, format=fmt, image_root=image_root) for p in paths]
+    specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data.train]
+    if not specs:
+        raise SystemExit("validate: give a data file (llava-compare validate DATA ...) or a recipe whose "
+                         "data.train lists sources (recipe=NAME)")
+    return specs
+
+
+def make_checker(cfg: DictConfig) -> CompareDataset:
+    """An empty training dataset of this config: its ``problems()`` are the training checks."""
+    from .data.processor import LlavaCompareProcessor
+    from .model.build import build_processor
+    from .train.main import make_builder
+
+    processor = (LlavaCompareProcessor.from_pretrained(cfg.init_from) if cfg.init_from
+                 else build_processor(OmegaConf.to_container(cfg.model)))
+    return CompareDataset([], processor, make_builder(cfg, processor), cfg.data.max_length,
+                          max_image_pixels=cfg.data.max_image_pixels)
+
+
+def check_samples(samples: Sequence[Any], checker: CompareDataset, progress: bool = True) -> tuple[ProblemLog, int]:
+    """(problems by kind, number of samples with at least one problem)."""
+    problems, bad = ProblemLog(), 0
+    for sample in tqdm(samples, desc="validating", unit="sample", disable=not progress):
+        found = checker.problems(sample)
+        bad += bool(found)
+        for err in found:
+            problems.add(err)
+    return problems, bad
+
+
+def validate(cfg: DictConfig, specs: Sequence[SourceSpec], progress: bool = True) -> dict[str, Any]:
+    """Read and check every sample of ``specs``; the report as a JSON-ready dict."""
+    from .data.checks import pixel_limit
+
+    checker = make_checker(cfg)
+    samples = read_sources(specs, on_error="skip")  # rows the reader rejects are problems too
+    problems, bad = check_samples(samples, checker, progress)
+    problems.merge(samples.skipped)
+    rows = len(samples) + samples.num_skipped
+    return {
+        "sources": [s.path for s in specs], "rows": rows, "ok": rows - samples.num_skipped - bad,
+        "with_problems": samples.num_skipped + bad, "problems": sum(problems.values()),
+        "by_kind": problems.to_dict(),
+        "settings": {"max_length": cfg.data.max_length, "tokens_per_image": checker.processor.tokens_per_image,
+                     "max_image_pixels": pixel_limit(cfg.data.max_image_pixels)},
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"{report['rows']} rows in {', '.join(report['sources'])}: {report['ok']} ok, "
+             f"{report['with_problems']} with problems ({report['problems']} problems)"]
+    for kind, entry in report["by_kind"].items():
+        lines.append(f"  {kind:<18} {entry['count']:>6}  {entry['meaning']}")
+        lines += [f"      {ex['sample_id']}: {ex['detail']}" for ex in entry["examples"]]
+        if entry["count"] > len(entry["examples"]):
+            lines.append(f"      ... and {entry['count'] - len(entry['examples'])} more")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("items", nargs="*", metavar="DATA | key=value",
+                   help="data files/folders to check, and Hydra overrides (recipe=NAME, data.max_length=N, ...)")
+    p.add_argument("--image-root", default=None, help="folder relative image paths are joined to "
+                   "(default: the data file's folder)")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="row layout (default: detected)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", default=None, help="also write the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from .train.config import compose_config
+
+    # A DATA path is anything that is not key=value, or an existing file whose name holds a '='.
+    paths = [i for i in args.items if "=" not in i or Path(i).exists()]
+    cfg = compose_config([i for i in args.items if i not in paths])
+    report = validate(cfg, source_specs(cfg, paths, args.format, args.image_root), progress=not args.no_progress)
+    # backslashreplace: a sample id with undecodable bytes must not crash the report itself
+    print(format_report(report).encode("utf-8", "backslashreplace").decode("utf-8"))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2, ensure_ascii=True) + "\n")
+    return 1 if report["problems"] else 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a dataset (images, placeholders, token budget, roles, text)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(handler=run_cli)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llava_compare.validate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
