@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..checkpoint import load_trained, save_base, save_trained, unwrap
 from ..data.collator import CompareCollator
@@ -27,6 +26,7 @@ from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
+from .run_dir import choose_start
 from .stages import configure_stage
 from .trainer import CompareTrainer
 
@@ -162,14 +162,6 @@ def dist_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
-def resume_point(cfg: DictConfig) -> str | None:
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        return get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
-    return cfg.resume
-
-
 @dataclass
 class RunResult:
     output_dir: Path
@@ -180,6 +172,8 @@ class RunResult:
 def run(cfg: DictConfig) -> RunResult:
     """Setup -> train -> save -> evaluate."""
     setup_logging()
+    # First, before anything is written: may this run use output_dir, and from which checkpoint?
+    start = choose_start(cfg.output_dir, cfg.resume, cfg.overwrite, is_main=rank() == 0)
     set_seed(cfg.seed)
     os.environ.setdefault("WANDB_PROJECT", cfg.logger.project)
     ensure_synth_data(cfg)
@@ -200,8 +194,9 @@ def run(cfg: DictConfig) -> RunResult:
         processing_class=processor,
         optim_cfg=OmegaConf.to_container(cfg.optim),
     )
-    result = trainer.train(resume_from_checkpoint=resume_point(cfg))
-    metrics = {**result.metrics, "skipped": dict(train_set.skipped), "log_history": trainer.state.log_history}
+    result = trainer.train(resume_from_checkpoint=start)
+    metrics = {**result.metrics, "samples_seen": trainer.samples_seen(),  # collective: all ranks
+               "skipped": dict(train_set.skipped), "log_history": trainer.state.log_history}
     if train_set.skipped:
         log.warning("skipped samples by reason: %s", dict(train_set.skipped))
     trained = trainer.trainable_state()  # collective under ZeRO-3 / FSDP: every rank calls it
@@ -229,4 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     run(cfg)
+    shutdown_distributed()
     return 0
+
+
+def shutdown_distributed() -> None:
+    """After a successful run under torchrun: wait for every rank, then tear the process group
+    down explicitly. Left to interpreter exit, a rank that finishes first can abort in gloo's
+    teardown ("terminate called without an active exception") while its peer is still saving."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
