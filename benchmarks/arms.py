@@ -122,7 +122,8 @@ def train_loop(model: torch.nn.Module, loader: Any, lr: float, device: torch.dev
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
     stats, start = LoopStats(), 0.0
     for step, batch in enumerate(loader):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        # tensors only: the collator's sample_ids (for error messages) are no model input
+        batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
         if step == 0:
             counter = FlopCounterMode(display=False)
             with counter:

@@ -10,6 +10,9 @@ With ``packing``, the batch's samples are packed first-fit-decreasing into as fe
 ``segment_ids`` (1, 2, ... per sample in a row; 0 = padding) from which the model builds a
 block-diagonal mask, so packed samples never attend to each other. Images are ordered by where
 their placeholders land (row-major), which is the order the model scatters them in.
+
+``sample_ids`` (a list of the batch's sample ids) rides along for error messages (the trainer's
+non-finite loss guard); it is not a model input, and the model's forward ignores it.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class CompareCollator:
         kept = [it for it in items if isinstance(it, dict)]
         if not kept:
             # Every sample of this batch was skipped; the trainer treats an empty batch as a no-op.
-            batch: dict[str, Any] = {"input_ids": torch.zeros(0, 0, dtype=torch.long)}
+            batch: dict[str, Any] = {"input_ids": torch.zeros(0, 0, dtype=torch.long), "sample_ids": []}
         elif self.packing:
             batch = self._layout(kept, pack_first_fit([len(it["input_ids"]) for it in kept], self.max_length))
         else:
@@ -89,7 +92,8 @@ class CompareCollator:
                     if key in items[i]:
                         found.append(items[i][key])
                 start += n
-        batch: dict[str, Any] = {"input_ids": ids, "labels": labels}
+        batch: dict[str, Any] = {"input_ids": ids, "labels": labels,
+                                 "sample_ids": [str(items[i].get("sample_id")) for row in rows for i in row]}
         if self.packing:
             batch.update(segment_ids=segments, position_ids=positions)
         else:

@@ -138,6 +138,7 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         vision_features: torch.Tensor | None = None,
         segment_ids: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        sample_ids: Any = None,  # the collator's ids, for error messages: not a model input
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Standard causal-LM forward with images.

@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..checkpoint import load_trained, save_base, save_trained, unwrap
 from ..data.collator import CompareCollator
@@ -29,6 +28,7 @@ from ..data.problems import ProblemLog
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
 from .skips import SkipMonitor, check_read_skips
+from .run_dir import choose_start
 from .stages import configure_stage
 from .trainer import CompareTrainer
 
@@ -167,14 +167,6 @@ def dist_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
-def resume_point(cfg: DictConfig) -> str | None:
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        return get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
-    return cfg.resume
-
-
 @dataclass
 class RunResult:
     output_dir: Path
@@ -185,6 +177,8 @@ class RunResult:
 def run(cfg: DictConfig) -> RunResult:
     """Setup -> train -> save -> evaluate."""
     setup_logging()
+    # First, before anything is written: may this run use output_dir, and from which checkpoint?
+    start = choose_start(cfg.output_dir, cfg.resume, cfg.overwrite, is_main=rank() == 0)
     set_seed(cfg.seed)
     os.environ.setdefault("WANDB_PROJECT", cfg.logger.project)
     ensure_synth_data(cfg)
@@ -206,11 +200,12 @@ def run(cfg: DictConfig) -> RunResult:
         processing_class=processor,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
     )
-    result = trainer.train(resume_from_checkpoint=resume_point(cfg))
+    result = trainer.train(resume_from_checkpoint=start)
     skipped = ProblemLog()
     for part in (train_set.read_skipped, skips.skipped):  # at read time + while training (this rank)
         skipped.merge(part)
-    metrics = {**result.metrics, "skipped": dict(skipped), "skipped_examples": skipped.examples,
+    metrics = {**result.metrics, "samples_seen": trainer.samples_seen(),  # collective: all ranks
+               "skipped": dict(skipped), "skipped_examples": skipped.examples,
                "log_history": trainer.state.log_history}
     if skipped:
         log.warning("skipped samples by reason: %s", dict(skipped))
@@ -239,4 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     run(cfg)
+    shutdown_distributed()
     return 0
+
+
+def shutdown_distributed() -> None:
+    """After a successful run under torchrun: wait for every rank, then tear the process group
+    down explicitly. Left to interpreter exit, a rank that finishes first can abort in gloo's
+    teardown ("terminate called without an active exception") while its peer is still saving."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -153,9 +153,10 @@ class TrainConfig:
     output_dir: str = "outputs/${run_name}"
     init_from: Optional[str] = None  # stage-1 output folder for stage 2
     seed: int = 0
-    resume: str = "auto"  # auto | never | a checkpoint path
+    resume: str = "auto"  # auto (newest complete checkpoint) | never | a checkpoint path
+    overwrite: bool = False  # start fresh in an output_dir that holds a run, deleting its checkpoints
     save_steps: int = 500
-    save_total_limit: int = 2
+    save_total_limit: int = 2  # complete checkpoints kept (oldest pruned); <= 0 keeps all
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     stage: StageConfig = field(default_factory=StageConfig)
