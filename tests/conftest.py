@@ -33,8 +33,10 @@ TINY_OVERRIDES = [
 ]
 
 
-# Stage 2 with LoRA (the real recipes' default; the demo recipe fully fine-tunes its random LLM).
-LORA = ["stage=instruct_lora", "peft=lora", "peft.r=32", "peft.alpha=64", "peft.dropout=0.0"]
+# Stage 2 with LoRA and a frozen ViT (the real recipes' default; the demo recipe fully fine-tunes
+# its random LLM and trains its ViT's last layer).
+LORA = ["stage=instruct_lora", "peft=lora", "peft.r=32", "peft.alpha=64", "peft.dropout=0.0",
+        "stage.train_vision=false"]
 
 
 def tiny_model_cfg(**compressor: object) -> dict:

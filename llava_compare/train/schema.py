@@ -105,6 +105,10 @@ class StageConfig:
     name: str = "align"  # align (stage 1) | instruct (stage 2)
     train_compressor: bool = True
     train_vision: bool = False
+    # With train_vision: train only the N ViT encoder layers just below model.vision_feature_layer;
+    # the embeddings and earlier layers stay frozen, so their features still reach the compressor
+    # through the residual stream. null = the whole tower.
+    vision_trainable_layers: Optional[int] = None
     train_llm: str = "frozen"  # frozen | lora | full
 
 

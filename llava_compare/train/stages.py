@@ -2,7 +2,8 @@
 frozen/trainable line per component, and returns the optimizer's per-component groups.
 
 Stage 1 (align): ViT and LLM frozen, compressor trained. Stage 2 (instruct): LoRA (or full) on the
-LLM, compressor trainable, ViT frozen unless ``stage.train_vision``.
+LLM, compressor trainable, ViT frozen unless ``stage.train_vision`` (all of it, or the last
+``stage.vision_trainable_layers`` encoder layers below ``vision_feature_layer``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def configure_stage(model: nn.Module, stage: Mapping[str, Any], peft_cfg: Mappin
         raise ValueError(f"stage.train_llm must be frozen, lora or full; got {train_llm!r}")
     model.requires_grad_(False)
     model.compressor.requires_grad_(bool(stage["train_compressor"]))
-    model.vision_tower.requires_grad_(bool(stage["train_vision"]))
+    feature_layer = model.config.vision_feature_layer
+    set_vision_trainable(model.vision_tower, stage, feature_layer)
     model.config.freeze_vision = not stage["train_vision"]
     if train_llm == "full":
         model.language_model.requires_grad_(True)
@@ -68,9 +70,28 @@ def configure_stage(model: nn.Module, stage: Mapping[str, Any], peft_cfg: Mappin
         model = _add_lora(model, peft_cfg)  # peft freezes everything but the adapters...
         base = model.get_base_model()
         base.compressor.requires_grad_(compressor_flag)  # ...so re-enable what the stage trains
-        base.vision_tower.requires_grad_(bool(stage["train_vision"]))
+        set_vision_trainable(base.vision_tower, stage, feature_layer)
     log_trainable(model)
     return model
+
+
+def set_vision_trainable(vision_tower: nn.Module, stage: Mapping[str, Any], feature_layer: int = -1) -> None:
+    """``stage.train_vision``: the whole ViT, or with ``stage.vision_trainable_layers=N`` only the
+    N encoder layers just below ``feature_layer`` (the hidden state the compressor reads: the last
+    N layers that reach it). The embeddings and earlier layers stay frozen; their features still
+    reach the compressor through the residual stream."""
+    train = bool(stage["train_vision"])
+    last = stage.get("vision_trainable_layers")
+    vision_tower.requires_grad_(train and last is None)
+    if not train or last is None:
+        return
+    layers = list(vision_tower.get_encoder().layers)
+    used = feature_layer % (len(layers) + 1)  # hidden_states[i] is the output of the first i layers
+    if not 0 < last <= used:
+        raise ValueError(f"stage.vision_trainable_layers must be in 1..{used} (the ViT layers below "
+                         f"vision_feature_layer {feature_layer}) or null for the whole tower; got {last}")
+    for layer in layers[used - last:used]:
+        layer.requires_grad_(True)
 
 
 def log_trainable(model: nn.Module) -> dict[str, tuple[int, int]]:

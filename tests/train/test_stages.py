@@ -82,10 +82,69 @@ def test_stage2_trains_only_lora_and_compressor(stage2_run):
 def test_stage2_full_finetune_option(stage1_run, synth_dir, tmp_path):
     _, s1 = stage1_run
     cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "full", 2, f"init_from={s1.output_dir}",
-                    "stage=instruct_full", "peft=none")
+                    "stage=instruct_full", "peft=none", "stage.train_vision=false")
     result = run(cfg)
     trained = {n.split(".")[0] for n, p in result.model.named_parameters() if p.requires_grad}
     assert trained == {"compressor", "language_model"}
+
+
+def test_stage2_unfrozen_vision_tower_trains_and_reloads(stage1_run, synth_dir, tmp_path):
+    """stage.train_vision=true trains the ViT too (its own optim.vision_lr); the trained ViT is
+    saved and reloaded. Without it (the other stage-2 tests) the ViT stays bit-identical."""
+    _, s1 = stage1_run
+    start, _ = load_trained(s1.output_dir)
+    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "vit", 3, f"init_from={s1.output_dir}",
+                    "stage=instruct_full", "peft=none", "stage.train_vision=true",
+                    "stage.vision_trainable_layers=null", "optim.vision_lr=1e-2")
+    result = run(cfg)
+    trained = {n.split(".")[0] for n, p in result.model.named_parameters() if p.requires_grad}
+    assert trained == {"vision_tower", "compressor", "language_model"}
+    before, after = params(start, "vision_tower"), params(result.model, "vision_tower")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2, f"only {len(changed)}/{len(before)} ViT tensors changed"
+    reloaded, _ = load_trained(result.output_dir)
+    for k, v in params(reloaded, "vision_tower").items():
+        assert torch.equal(v, after[k]), f"{k} not reloaded from the stage output"
+
+
+def test_stage2_vision_trainable_layers_trains_only_the_last_layers(stage1_run, synth_dir, tmp_path):
+    """stage.vision_trainable_layers=1: the ViT's last encoder layer trains; its embeddings and
+    earlier layers stay bit-identical."""
+    _, s1 = stage1_run
+    start, _ = load_trained(s1.output_dir)
+    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "vit_last", 3, f"init_from={s1.output_dir}",
+                    "stage=instruct_full", "peft=none", "stage.train_vision=true",
+                    "stage.vision_trainable_layers=1", "optim.vision_lr=1e-2")
+    result = run(cfg)
+    before, after = params(start, "vision_tower"), params(result.model, "vision_tower")
+    last = [k for k in before if "encoder.layers.1." in k]
+    assert last and all(not torch.equal(before[k], after[k]) for k in last if k.endswith("weight"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in last)
+    with pytest.raises(ValueError, match="vision_trainable_layers"):
+        run(stage_cfg("demo_stage2", synth_dir, tmp_path / "vit_bad", 1, "init_from=null",
+                      "stage.train_vision=true", "stage.vision_trainable_layers=3"))
+
+
+def test_vision_trainable_layers_counts_back_from_the_feature_layer(tiny):
+    """With vision_feature_layer=-2 (layer 1 of 2 never reaches the compressor), N=1 trains
+    layer 0; asking for more layers than reach the compressor is refused."""
+    from llava_compare.train.stages import set_vision_trainable
+
+    model, _ = tiny
+    stage = {"train_vision": True, "vision_trainable_layers": 1}
+    vit = unwrap(model).vision_tower
+    flags = {n: p.requires_grad for n, p in vit.named_parameters()}
+    try:
+        set_vision_trainable(vit, stage, feature_layer=-2)
+        trainable = {n.split(".")[2] for n, p in vit.named_parameters() if p.requires_grad}
+        assert trainable == {"0"}, trainable
+        set_vision_trainable(vit, stage, feature_layer=-1)
+        assert {n.split(".")[2] for n, p in vit.named_parameters() if p.requires_grad} == {"1"}
+        with pytest.raises(ValueError, match="vision_trainable_layers must be in 1..1"):
+            set_vision_trainable(vit, {**stage, "vision_trainable_layers": 2}, feature_layer=-2)
+    finally:  # the session fixture is shared: restore its flags
+        for n, p in vit.named_parameters():
+            p.requires_grad_(flags[n])
 
 
 def test_resume_continues_to_the_same_weights(synth_dir, tmp_path):
