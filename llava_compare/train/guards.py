@@ -1,8 +1,9 @@
 """Non-finite loss guard: stop at the first NaN/inf loss, naming the step and the samples.
 
-Checked after each micro-batch's backward and before the optimizer step, so the weights never
-take a non-finite update and no checkpoint of a poisoned state is written: the last good
-checkpoint stays the newest one, and ``resume=auto`` continues from it.
+Checked after each micro-batch's backward -- before the Trainer's optimizer step (under DeepSpeed the
+engine steps inside backward, so there the update may already be applied) -- and the run stops, so
+no checkpoint of a poisoned state is written: the last good checkpoint stays the newest one, and
+``resume=auto`` continues from it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,6 @@ def _message(per_rank: list[Any], step: int, last: Path | None) -> str:
     bad = {r: ids for r, (value, ids) in enumerate(per_rank) if value is not None}
     value = next(v for v, _ in per_rank if v is not None)
     where = "; ".join(f"rank {r}: {ids}" for r, ids in bad.items()) if len(per_rank) > 1 else str(bad[0])
-    return (f"non-finite loss ({value}) at step {step}; sample ids of the batch: {where}. No update was "
-            f"applied and no checkpoint was written after it (last good checkpoint: {last or 'none'}). "
+    return (f"non-finite loss ({value}) at step {step}; sample ids of the batch: {where}. The run stopped "
+            f"before saving this state (last good checkpoint: {last or 'none'}). "
             "Check those samples, or lower optim.lr / raise optim.warmup_ratio, then continue with resume=auto.")
