@@ -88,15 +88,21 @@ def test_stage2_full_finetune_option(stage1_run, synth_dir, tmp_path):
     assert trained == {"compressor", "language_model"}
 
 
+def _train_vision_stage2(stage1_run, synth_dir, out, layers: str):
+    """A 3-step full stage 2 with the ViT trainable (``vision_trainable_layers=layers``): the
+    stage-1 model it started from and the run."""
+    _, s1 = stage1_run
+    start, _ = load_trained(s1.output_dir)
+    cfg = stage_cfg("demo_stage2", synth_dir, out, 3, f"init_from={s1.output_dir}",
+                    "stage=instruct_full", "peft=none", "stage.train_vision=true",
+                    f"stage.vision_trainable_layers={layers}", "optim.vision_lr=1e-2")
+    return start, run(cfg)
+
+
 def test_stage2_unfrozen_vision_tower_trains_and_reloads(stage1_run, synth_dir, tmp_path):
     """stage.train_vision=true trains the ViT too (its own optim.vision_lr); the trained ViT is
     saved and reloaded. Without it (the other stage-2 tests) the ViT stays bit-identical."""
-    _, s1 = stage1_run
-    start, _ = load_trained(s1.output_dir)
-    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "vit", 3, f"init_from={s1.output_dir}",
-                    "stage=instruct_full", "peft=none", "stage.train_vision=true",
-                    "stage.vision_trainable_layers=null", "optim.vision_lr=1e-2")
-    result = run(cfg)
+    start, result = _train_vision_stage2(stage1_run, synth_dir, tmp_path / "vit", "null")
     trained = {n.split(".")[0] for n, p in result.model.named_parameters() if p.requires_grad}
     assert trained == {"vision_tower", "compressor", "language_model"}
     before, after = params(start, "vision_tower"), params(result.model, "vision_tower")
@@ -110,12 +116,7 @@ def test_stage2_unfrozen_vision_tower_trains_and_reloads(stage1_run, synth_dir, 
 def test_stage2_vision_trainable_layers_trains_only_the_last_layers(stage1_run, synth_dir, tmp_path):
     """stage.vision_trainable_layers=1: the ViT's last encoder layer trains; its embeddings and
     earlier layers stay bit-identical."""
-    _, s1 = stage1_run
-    start, _ = load_trained(s1.output_dir)
-    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "vit_last", 3, f"init_from={s1.output_dir}",
-                    "stage=instruct_full", "peft=none", "stage.train_vision=true",
-                    "stage.vision_trainable_layers=1", "optim.vision_lr=1e-2")
-    result = run(cfg)
+    start, result = _train_vision_stage2(stage1_run, synth_dir, tmp_path / "vit_last", "1")
     before, after = params(start, "vision_tower"), params(result.model, "vision_tower")
     last = [k for k in before if "encoder.layers.1." in k]
     assert last and all(not torch.equal(before[k], after[k]) for k in last if k.endswith("weight"))
