@@ -125,7 +125,8 @@ class OptimConfig:
     per_device_batch_size: int = 8
     global_batch_size: int = 8  # = per_device * world_size * grad_accum (accum is derived)
     max_grad_norm: float = 1.0
-    bf16: str = "auto"  # auto (on when CUDA supports it) | true | false
+    # auto (on when CUDA supports bf16) | true | false; YAML booleans work (config.bf16_choice)
+    bf16: str = "auto"
     gradient_checkpointing: bool = False
 
 

@@ -72,3 +72,24 @@ def test_7b_recipes_compose_with_every_dist_option(recipe, dist):
     args = training_args(cfg)
     assert bool(args.deepspeed) == dist.startswith("zero")
     assert bool(args.fsdp) == (dist == "fsdp")
+
+
+@pytest.mark.parametrize("value,expected", [("true", True), ("True", True), ("false", False),
+                                            ("False", False), ("'true'", True), ("'false'", False)])
+def test_bf16_accepts_yaml_booleans_and_strings(value, expected):
+    """Hydra parses `optim.bf16=true` as a YAML boolean (OmegaConf used to store 'True' in the str
+    field, which the old `== "true"` test read as off): every spelling must reach TrainingArguments."""
+    cfg = compose_config(["recipe=demo_stage1", f"optim.bf16={value}"])
+    assert training_args(cfg).bf16 is expected
+
+
+def test_bf16_auto_follows_cuda():
+    import torch
+
+    cfg = compose_config(["recipe=demo_stage1", "optim.bf16=auto"])
+    assert training_args(cfg).bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def test_bf16_rejects_other_values():
+    with pytest.raises(ConfigError, match="optim.bf16 must be auto, true or false.*'maybe'"):
+        compose_config(["recipe=demo_stage1", "optim.bf16=maybe"])
