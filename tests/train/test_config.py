@@ -26,7 +26,7 @@ def test_llava15_numbers():
     s1, s2 = compose_config(["recipe=stage1_align"]), compose_config(["recipe=stage2_lora"])
     assert s1.model.vision.name_or_path == "openai/clip-vit-large-patch14-336"
     assert s1.model.llm.name_or_path == "lmsys/vicuna-7b-v1.5"
-    assert (s1.optim.lr, s1.optim.global_batch_size, s1.optim.epochs, s1.data.max_length) == (1e-3, 256, 1, 2048)
+    assert (s1.optim.lr, s1.optim.global_batch_size, s1.optim.epochs, s1.data.max_length) == (1e-3, 256, 1, 4096)
     assert (s2.peft.r, s2.peft.alpha, s2.optim.llm_lr, s2.optim.lr) == (128, 256, 2e-4, 2e-5)
     assert (s2.optim.global_batch_size, s2.optim.epochs, s2.stage.train_llm) == (128, 1, "lora")
 
