@@ -8,6 +8,7 @@ batch ``[B, S]``; the k-th image fills the k-th run of placeholder tokens in rea
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -18,6 +19,17 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compressors import get_compressor
 from .config import LlavaCompareConfig
+
+
+def _mixed_autocast(params: list[nn.Parameter], ref: torch.Tensor) -> Any:
+    """Autocast to the half dtype when a module mixes fp32 (trained) and half (frozen) weights,
+    as a bf16 run with some ViT layers trained does (``stages.keep_trainable_fp32``): the layers
+    then meet in bf16 even without the Trainer's own autocast (``optim.bf16=false``)."""
+    dtypes = {p.dtype for p in params}
+    half = sorted(dtypes & {torch.bfloat16, torch.float16}, key=str)
+    if len(dtypes) > 1 and half:
+        return torch.autocast(ref.device.type, dtype=half[0])
+    return contextlib.nullcontext()
 
 
 class ImageTokenMismatchError(ValueError):
@@ -83,10 +95,11 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
     # --- vision -------------------------------------------------------------------------------
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """ViT hidden state ``vision_feature_layer`` without CLS: ``[N_img, P, D_vis]``."""
-        frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
-        dtype = next(self.vision_tower.parameters()).dtype
+        params = list(self.vision_tower.parameters())
+        frozen = not any(p.requires_grad for p in params)
+        dtype = params[0].dtype
         # A frozen tower needs no autograd graph: saves activations memory on every step.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen), _mixed_autocast(params, pixel_values):
             out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
         return out.hidden_states[self.config.vision_feature_layer][:, 1:]
 
