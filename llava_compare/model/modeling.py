@@ -149,7 +149,6 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         vision_features: torch.Tensor | None = None,
-        segment_ids: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         sample_ids: Any = None,  # the collator's ids, for error messages: not a model input
         **kwargs: Any,
@@ -160,9 +159,15 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         image and prompt positions are never needed, and at a 32k vocabulary they are a large share
         of the step. ``logits`` then holds ``[N_labelled, V]``; without labels, ``[B, S, V]``.
 
-        ``segment_ids`` (``[B, S]``, from the packing collator, with per-segment ``position_ids``)
-        marks packed samples; attention never crosses a segment boundary.
+        Packed input (the collator's flattened row ``[1, T]``): ``position_ids`` restart at 0 per
+        sample and no ``attention_mask``; transformers then isolates the samples itself (sdpa, eager
+        and flex from ``position_ids``; FlashAttention-2 from the ``cu_seq_lens_*`` kwargs, which
+        pass through ``kwargs``). That needs no KV cache, so the cache is off unless asked for, and
+        always off in training: the LLM's own config defaults to ``use_cache=True``.
         """
+        if self.training and (use_cache or past_key_values is not None):
+            raise ValueError("a KV cache in a training forward would let packed samples attend to "
+                             "each other; call generate() / eval() for cached decoding")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
         has_images = pixel_values is not None or vision_features is not None
@@ -172,12 +177,10 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         elif self.training and torch.is_grad_enabled():
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_image_features(inputs_embeds).sum()
 
-        if segment_ids is not None:
-            attention_mask = self.packed_attention_mask(segment_ids, inputs_embeds.dtype)
         decoder = self.language_model.get_decoder()
         out = decoder(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+            past_key_values=past_key_values, use_cache=bool(use_cache), **kwargs,
         )
         hidden = out.last_hidden_state  # [B, S, D]
         lm_head = self.get_output_embeddings()
@@ -187,22 +190,6 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
                                           past_key_values=out.past_key_values)
         loss, logits = self._labelled_loss(hidden, labels, lm_head, num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
-
-    def packed_attention_mask(self, segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        """Block-diagonal causal mask ``[B, 1, S, S]`` (additive: 0 = attend, min = blocked).
-
-        Written by hand because sdpa/eager in transformers do not isolate packed segments from
-        ``position_ids`` alone (measured: packed logits differ). FlashAttention-2 does, through its
-        varlen path, so there we return ``None`` and let ``position_ids`` carry the boundaries.
-        """
-        if self.config.text_config._attn_implementation == "flash_attention_2":
-            return None
-        s = segment_ids.shape[1]
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, S, S]
-        causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
-        allowed = (same & causal) | torch.eye(s, dtype=torch.bool, device=segment_ids.device)  # pads see themselves
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-        return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
     @staticmethod
     def _labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,

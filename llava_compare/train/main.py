@@ -196,7 +196,7 @@ def run(cfg: DictConfig) -> RunResult:
     trainer = CompareTrainer(
         model=model, args=training_args(cfg), train_dataset=train_set,
         data_collator=CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
-                                      max_length=cfg.data.max_length, report_skips=True),
+                                      report_skips=True),
         processing_class=processor,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
     )
