@@ -215,7 +215,7 @@ def run(cfg: DictConfig) -> RunResult:
         (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("saved stage output to %s", cfg.output_dir)
         if cfg.eval.enabled and cfg.data.eval:
-            from ..evaluate import evaluate_run
+            from ..eval.run import evaluate_run
 
             metrics["eval"] = evaluate_run(cfg, unwrap(trainer.model), processor)
     return RunResult(Path(cfg.output_dir), trainer.model, metrics)
