@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from llava_compare.data.collator import CompareCollator
 from llava_compare.data.dataset import CompareDataset
 from llava_compare.data.formats import SourceSpec, read_sources
-from llava_compare.data.synthetic import generate
+from llava_compare.synth import generate
 from llava_compare.model.build import build_model
 from llava_compare.train.config import compose_config
 from llava_compare.train.main import make_builder

@@ -12,7 +12,7 @@ from typing import Sequence
 
 
 def _synth_cli(sub: argparse._SubParsersAction) -> None:
-    from .data import synthetic
+    from .synth import generator as synthetic
 
     p = sub.add_parser("synth", help="write synthetic comparison data")
     synthetic.add_arguments(p)

@@ -57,7 +57,7 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    from llava_compare.data.synthetic import generate
+    from llava_compare.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, n_train=40, n_eval=20, seed=0, image_size=32, n_captions=40)

@@ -56,7 +56,7 @@ def ensure_synth_data(cfg: DictConfig) -> None:
         return
     done = Path(synth.dir) / "meta.json"
     if rank() == 0 and not done.is_file():
-        from ..data.synthetic import generate
+        from ..synth import generate
 
         log.info("generating synthetic data into %s", synth.dir)
         generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size,
