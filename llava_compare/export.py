@@ -6,7 +6,7 @@
 ``native`` (default) writes ``LlavaCompareForConditionalGeneration`` safetensors shards, config.json
 (with ``auto_map``), the processor/tokenizer files (with a chat template reproducing the training
 prompt), the standalone ``*_llava_compare.py`` files (``trust_remote_code=True`` without this
-package; see :mod:`llava_compare.remote_code`), ``llava_compare.json`` (the training metadata, so
+package; see :mod:`llava_compare.ship.remote_code`), ``llava_compare.json`` (the training metadata, so
 ``generate.builder_for`` rebuilds the same template / markers / system prompt) and a model card.
 LoRA is merged into the LLM, unless ``--no-merge``: then the folder holds the base model (with the
 trained compressor) and ``adapter/`` a PEFT adapter (``PeftModel.from_pretrained(model, OUT_DIR,
@@ -207,7 +207,7 @@ def _update_json(path: Path, **entries: Any) -> None:
 def _write_native(model: nn.Module, processor: LlavaCompareProcessor, out: Path, max_shard_size: str,
                   chat_template: str | None, repo_id: str | None) -> str | None:
     """Weights + config (auto_map) + processor + standalone code. Returns the adapter subfolder."""
-    from .remote_code import AUTO_MAP, write_remote_code
+    from .ship.remote_code import AUTO_MAP, write_remote_code
 
     adapter = None
     if hasattr(model, "peft_config"):  # --no-merge: adapter in a subfolder, the base beside it
@@ -465,7 +465,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, merge: bool = True, fmt:
            max_shard_size: str | int = "5GB", overwrite: bool = False, repo_id: str | None = None) -> Path:
     """Write an export folder for ``checkpoint`` (a stage output or checkpoint-N folder).
 
-    ``repo_id`` only names the repo in the model card's snippets (pushing is :func:`llava_compare.hub.push_folder`).
+    ``repo_id`` only names the repo in the model card's snippets (pushing is :func:`llava_compare.ship.hub.push_folder`).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -560,7 +560,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if (args.private or args.revision) and not args.push_to_hub:
         raise SystemExit("--private / --revision only apply with --push-to-hub ORG/NAME")
     if args.push_to_hub:
-        from .hub import HubAuthError, require_token
+        from .ship.hub import HubAuthError, require_token
 
         try:
             require_token()
@@ -575,7 +575,7 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"exported {args.checkpoint} -> {out} ({args.format}, "
           f"{'LoRA adapter in ' + info['adapter'] + '/' if info['adapter'] else 'merged'})")
     if args.push_to_hub:
-        from .hub import HubAuthError, push_folder
+        from .ship.hub import HubAuthError, push_folder
 
         try:
             url = push_folder(out, args.push_to_hub, private=args.private, revision=args.revision,

@@ -25,7 +25,7 @@ from llava_compare.checkpoint import save_base, save_trained
 from llava_compare.cli import main as cli_main
 from llava_compare.generate import builder_for, generate_answer, question_sample
 from llava_compare.model.build import build_model
-from llava_compare.remote_code import AUTO_MAP, BUNDLES, render
+from llava_compare.ship.remote_code import AUTO_MAP, BUNDLES, render
 from llava_compare.train.stages import configure_stage
 from tests.conftest import tiny_model_cfg
 
