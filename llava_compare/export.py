@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checkpoint import ADAPTER_DIR, COMPRESSOR, META, TRAINABLE, load_named, load_trained, unwrap
+from .loading import ADAPTER_DIR, COMPRESSOR, META, TRAINABLE, load_named, load_trained, unwrap
 from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER
 

@@ -19,7 +19,7 @@ from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
 def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
     """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
     an export folder or a hub id. LoRA is merged; the model is in eval mode."""
-    from .checkpoint import META, TRAINABLE, load_named, load_trained
+    from .loading import META, TRAINABLE, load_named, load_trained
     from .export import is_export, load_exported
 
     path = Path(ref)

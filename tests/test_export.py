@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llava_compare.checkpoint import save_base, save_trained
+from llava_compare.loading import save_base, save_trained
 from llava_compare.cli import main as cli_main
 from llava_compare.generate import builder_for, generate_answer, question_sample
 from llava_compare.model.build import build_model

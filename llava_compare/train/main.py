@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
-from ..checkpoint import load_trained, save_base, save_trained, unwrap
+from ..loading import load_trained, save_base, save_trained, unwrap
 from ..data.collator import CompareCollator
 from ..data.conversation import ConversationBuilder
 from ..data.dataset import CompareDataset
