@@ -161,7 +161,7 @@ def to_llava_hf(model: torch.nn.Module) -> torch.nn.Module:
     config and weight mapping), ViT frozen like ours."""
     from transformers import LlavaForConditionalGeneration
 
-    from llava_compare.export import llava_hf_config, llava_hf_state_dict
+    from llava_compare.ship.export import llava_hf_config, llava_hf_state_dict
 
     attn = model.config.text_config._attn_implementation
     hf = LlavaForConditionalGeneration._from_config(llava_hf_config(model.config), attn_implementation=attn)

@@ -20,7 +20,8 @@ def _synth_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import export, generate, validate
+    from . import generate, validate
+    from .ship import export
     from .model import projector_import
     from .eval import run as evaluate
 

@@ -20,7 +20,7 @@ def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcesso
     """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
     an export folder or a hub id. LoRA is merged; the model is in eval mode."""
     from .loading import META, TRAINABLE, load_named, load_trained
-    from .export import is_export, load_exported
+    from .ship.export import is_export, load_exported
 
     path = Path(ref)
     if (path / META).is_file() and not is_export(path):  # a finished stage
@@ -44,7 +44,7 @@ def training_config(model_dir: str | Path) -> dict[str, Any]:
         if meta.is_file():
             return json.loads(meta.read_text()).get("config", {})
     if not Path(model_dir).exists():  # a hub id: its export carries llava_compare.json
-        from .export import read_meta
+        from .ship.export import read_meta
 
         return read_meta(model_dir).get("config", {})
     return {}

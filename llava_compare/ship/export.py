@@ -28,9 +28,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .loading import ADAPTER_DIR, COMPRESSOR, META, TRAINABLE, load_named, load_trained, unwrap
-from .data.processor import LlavaCompareProcessor
-from .data.sample import IMAGE_PLACEHOLDER
+from ..loading import ADAPTER_DIR, COMPRESSOR, META, TRAINABLE, load_named, load_trained, unwrap
+from ..data.processor import LlavaCompareProcessor
+from ..data.sample import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ def resolve_checkpoint(ref: str | Path) -> tuple[Path, Path | None]:
 
 def _unfinished_base(stage_dir: Path) -> nn.Module:
     """The model a not-yet-finished stage started from, with LoRA added as the stage adds it."""
-    from .model.build import build_model
-    from .model.modeling import LlavaCompareForConditionalGeneration
-    from .train.stages import configure_stage
+    from ..model.build import build_model
+    from ..model.modeling import LlavaCompareForConditionalGeneration
+    from ..train.stages import configure_stage
 
     meta = json.loads((stage_dir / META).read_text())
     if (stage_dir / "model.safetensors").is_file() or (stage_dir / "model.safetensors.index.json").is_file():
@@ -177,8 +177,8 @@ def vicuna_chat_template(tokenizer: Any, marker_template: str | None, system: st
 
 def chat_template_for(stage_dir: str | Path, processor: Any) -> str | None:
     """The chat template matching how the stage formatted its training prompts."""
-    from .data.conversation import VICUNA_SYSTEM
-    from .generate import builder_for
+    from ..data.conversation import VICUNA_SYSTEM
+    from ..generate import builder_for
 
     builder = builder_for(stage_dir, processor)
     if builder.template == "chat":  # the LLM's own template: content is a string with markers
@@ -207,7 +207,7 @@ def _update_json(path: Path, **entries: Any) -> None:
 def _write_native(model: nn.Module, processor: LlavaCompareProcessor, out: Path, max_shard_size: str,
                   chat_template: str | None, repo_id: str | None) -> str | None:
     """Weights + config (auto_map) + processor + standalone code. Returns the adapter subfolder."""
-    from .ship.remote_code import AUTO_MAP, write_remote_code
+    from .remote_code import AUTO_MAP, write_remote_code
 
     adapter = None
     if hasattr(model, "peft_config"):  # --no-merge: adapter in a subfolder, the base beside it
@@ -499,7 +499,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, merge: bool = True, fmt:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -560,7 +560,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if (args.private or args.revision) and not args.push_to_hub:
         raise SystemExit("--private / --revision only apply with --push-to-hub ORG/NAME")
     if args.push_to_hub:
-        from .ship.hub import HubAuthError, require_token
+        from .hub import HubAuthError, require_token
 
         try:
             require_token()
@@ -575,7 +575,7 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"exported {args.checkpoint} -> {out} ({args.format}, "
           f"{'LoRA adapter in ' + info['adapter'] + '/' if info['adapter'] else 'merged'})")
     if args.push_to_hub:
-        from .ship.hub import HubAuthError, push_folder
+        from .hub import HubAuthError, push_folder
 
         try:
             url = push_folder(out, args.push_to_hub, private=args.private, revision=args.revision,

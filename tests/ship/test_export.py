@@ -167,7 +167,7 @@ def test_remote_code_is_generated_from_the_package_and_standalone():
 def test_chat_template_renders_the_training_conversation(tiny, marker, system):
     from llava_compare.data.conversation import VICUNA_SYSTEM, ConversationBuilder
     from llava_compare.data.sample import Message, Sample
-    from llava_compare.export import vicuna_chat_template
+    from llava_compare.ship.export import vicuna_chat_template
 
     tok = tiny[1].tokenizer
     builder = ConversationBuilder(tok, "vicuna_v1", marker, system)
