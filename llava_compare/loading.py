@@ -1,6 +1,7 @@
-"""Stage outputs: what a finished stage writes, and how the next stage / export / eval loads it.
+"""One home for loading: stage outputs, their ``checkpoint-N`` folders, export folders and hub ids.
 
-An output folder holds:
+A stage output folder (written by :mod:`llava_compare.train.outputs`) holds:
+
 - ``config.json`` + processor/tokenizer files (always);
 - ``llava_compare.json``: how to rebuild the base (the ``model:`` config with hub ids), the stage,
   the LoRA config, the recipe;
@@ -17,16 +18,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .model.build import build_model, quantization_config
+from .model.lora import add_lora
 from .model.modeling import LlavaCompareForConditionalGeneration
-from .train.stages import trainable_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -36,42 +38,8 @@ COMPRESSOR = "compressor.safetensors"
 ADAPTER_DIR = "adapter"
 
 
-def base_is_local(model_cfg: Mapping[str, Any]) -> bool:
-    """True when some part was built from config (no hub id to re-fetch it from)."""
-    return not (model_cfg["vision"].get("name_or_path") and model_cfg["llm"].get("name_or_path"))
-
-
 def unwrap(model: nn.Module) -> LlavaCompareForConditionalGeneration:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def save_base(model: LlavaCompareForConditionalGeneration, processor: LlavaCompareProcessor,
-              out_dir: str | Path, meta: Mapping[str, Any]) -> None:
-    """Before training: config, processor, metadata, and full weights for a local-only base."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if base_is_local(meta["model"]):
-        model.save_pretrained(out)
-    else:
-        model.config.save_pretrained(out)
-    processor.save_pretrained(out)
-    (out / META).write_text(json.dumps(meta, indent=2, default=str))
-
-
-def save_trained(model: nn.Module, out_dir: str | Path,
-                 trained: dict[str, torch.Tensor] | None = None) -> None:
-    """After training: the trained parameters (``trained``: gathered ones under ZeRO-3/FSDP),
-    the compressor, and the LoRA config if any."""
-    out = Path(out_dir)
-    trained = trainable_state_dict(model) if trained is None else trained
-    save_file(trained, str(out / TRAINABLE))
-    compressor = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).compressor.state_dict().items()}
-    for name, tensor in trained.items():  # the trained values win over a possibly sharded module
-        if "compressor." in name:
-            compressor[name.split("compressor.", 1)[1]] = tensor
-    save_file(compressor, str(out / COMPRESSOR))
-    if hasattr(model, "peft_config"):
-        model.peft_config["default"].save_pretrained(str(out / ADAPTER_DIR))
 
 
 def load_trained(path: str | Path, merge: bool = True, load_in_4bit: bool = False
@@ -113,3 +81,144 @@ def _load_lora(model: nn.Module, path: Path, merge: bool) -> nn.Module:
     peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(path / ADAPTER_DIR)))
     load_named(peft_model, load_file(str(path / TRAINABLE)))
     return peft_model.merge_and_unload() if merge else peft_model
+
+
+# --- stage outputs and checkpoints ------------------------------------------------------------------------
+def is_export(path: str | Path) -> bool:
+    """True for a folder this module wrote (its llava_compare.json has an ``export`` entry)."""
+    meta = Path(path) / META
+    return meta.is_file() and "export" in json.loads(meta.read_text())
+
+
+def read_meta(ref: str | Path) -> dict[str, Any]:
+    """``llava_compare.json`` of a local folder or a hub repo ({} when there is none)."""
+    path = Path(ref)
+    if (path / META).is_file():
+        return json.loads((path / META).read_text())
+    if path.exists():
+        return {}
+    try:  # a hub id: cached or downloaded like the rest of the model files
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(str(ref), META)).read_text())
+    except Exception:  # noqa: BLE001  (not a repo, no such file, offline and not cached)
+        return {}
+
+
+def resolve_checkpoint(ref: str | Path) -> tuple[Path, Path | None]:
+    """(stage output folder, checkpoint-N folder or None) for a stage output or a checkpoint."""
+    path = Path(ref)
+    if (path / META).is_file() and not is_export(path):
+        return path, None
+    if (path / TRAINABLE).is_file() and (path.parent / META).is_file():
+        return path.parent, path
+    raise FileNotFoundError(
+        f"{ref} is neither a llava_compare stage output (a folder with {META}) nor one of its "
+        f"checkpoint-N folders ({TRAINABLE} in a stage output folder)")
+
+
+def _unfinished_base(stage_dir: Path) -> nn.Module:
+    """The model a not-yet-finished stage started from, with LoRA added as the stage adds it."""
+    meta = json.loads((stage_dir / META).read_text())
+    if (stage_dir / "model.safetensors").is_file() or (stage_dir / "model.safetensors.index.json").is_file():
+        model = LlavaCompareForConditionalGeneration.from_pretrained(stage_dir)
+    elif meta.get("init_from") and (Path(meta["init_from"]) / META).is_file():
+        model, _ = load_trained(meta["init_from"], merge=True)
+    else:
+        model, _ = build_model({**meta["model"], "compressor_init": None})
+    if meta.get("stage", {}).get("train_llm") == "lora":
+        model = add_lora(model, meta["peft"])
+    return model
+
+
+def load_stage(ref: str | Path, merge: bool = True) -> tuple[nn.Module, LlavaCompareProcessor, Path]:
+    """(model, processor, stage folder) of a stage output or checkpoint-N folder, in eval mode.
+
+    With ``merge`` LoRA is merged into the LLM; without, a LoRA stage gives a ``PeftModel``.
+    A checkpoint of a run that has not finished yet (no ``compressor.safetensors`` / ``adapter/``
+    in its stage folder) is rebuilt from the stage's start model plus the checkpoint's parameters.
+    """
+    stage_dir, ckpt = resolve_checkpoint(ref)
+    if (stage_dir / COMPRESSOR).is_file():
+        model, processor = load_trained(stage_dir, merge=False)
+    elif ckpt is not None:
+        model = _unfinished_base(stage_dir)
+        processor = LlavaCompareProcessor.from_pretrained(ckpt if (ckpt / "processor_config.json").is_file()
+                                                          else stage_dir)
+    else:
+        raise FileNotFoundError(f"{stage_dir} has not finished (no {COMPRESSOR}); export one of its "
+                                "checkpoint-N folders instead")
+    if ckpt is not None:
+        load_named(model, load_file(str(ckpt / TRAINABLE)))
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.eval(), processor, stage_dir
+
+
+# --- loading an export -----------------------------------------------------------------------------
+def load_exported(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
+    """Model + processor from an export folder or hub id, LoRA merged, in eval mode.
+
+    A ``llava-hf`` export's ``LlavaProcessor`` is wrapped as a ``LlavaCompareProcessor`` (same
+    tokenizer and image processor, ``image_seq_length`` tokens per image) so ``generate_answer``
+    and ``evaluate`` build exactly the ids they build for the training model.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import llava_compare  # noqa: F401  (registers the Auto classes)
+
+    info = read_meta(ref).get("export", {})
+    model = AutoModelForImageTextToText.from_pretrained(str(ref))
+    processor = AutoProcessor.from_pretrained(str(ref))
+    if info.get("adapter"):
+        from peft import PeftModel
+
+        adapter = Path(ref) / info["adapter"]
+        if not Path(ref).is_dir():  # a hub id: fetch the subfolder (peft's offline subfolder lookup is unreliable)
+            from huggingface_hub import snapshot_download
+
+            adapter = Path(snapshot_download(str(ref), allow_patterns=[f"{info['adapter']}/*"])) / info["adapter"]
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    if not isinstance(processor, LlavaCompareProcessor):
+        processor = LlavaCompareProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                                          tokens_per_image=model.config.image_seq_length,
+                                          image_token=processor.image_token)
+    return model.eval(), processor
+
+
+# --- inference: any of the above -------------------------------------------------------------------
+def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
+    """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
+    an export folder or a hub id. LoRA is merged; the model is in eval mode."""
+    path = Path(ref)
+    if (path / META).is_file() and not is_export(path):  # a finished stage
+        model, processor = load_trained(path, merge=False)
+    elif (path / TRAINABLE).is_file() and (path.parent / META).is_file():  # a mid-run checkpoint
+        model, processor = load_trained(path.parent, merge=False)
+        load_named(model, load_file(str(path / TRAINABLE)))
+    else:  # an export folder or a hub id (native, remote-code, llava-hf, or base + adapter/)
+        return load_exported(ref)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.eval(), processor
+
+
+def training_config(model_dir: str | Path) -> dict[str, Any]:
+    """The resolved training config saved with a stage output ({} for other folders)."""
+    for folder in (Path(model_dir), Path(model_dir).parent):  # a stage output or one of its checkpoints
+        meta = folder / "llava_compare.json"
+        if meta.is_file():
+            return json.loads(meta.read_text()).get("config", {})
+    if not Path(model_dir).exists():  # a hub id: its export carries llava_compare.json
+        return read_meta(model_dir).get("config", {})
+    return {}
+
+
+def builder_for(model_dir: str | Path, processor: LlavaCompareProcessor,
+                image_marker: str | None = None) -> ConversationBuilder:
+    """The conversation builder the model was trained with (template, markers, system prompt)."""
+    data = training_config(model_dir).get("data", {})
+    marker_on = (image_marker or data.get("image_marker", "interleaved")) == "interleaved"
+    return ConversationBuilder(processor.tokenizer, data.get("conversation_template", "auto"),
+                               data.get("marker_template", "Image {k}: ") if marker_on else None,
+                               data.get("system_prompt"))

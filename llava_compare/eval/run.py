@@ -90,7 +90,7 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
     from omegaconf import OmegaConf
 
     from ..data.formats import SourceSpec, read_sources
-    from ..train.main import make_builder
+    from ..data.pipeline import make_builder
 
     specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data.eval]
     samples = read_sources(specs, on_error="skip")
@@ -167,7 +167,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def model_info(ref: str) -> dict[str, Any]:
-    from ..generate import training_config
+    from ..loading import training_config
 
     path = Path(ref)
     kind = ("stage output" if (path / "llava_compare.json").is_file() else
@@ -183,7 +183,7 @@ def model_info(ref: str) -> dict[str, Any]:
 def run_cli(args: argparse.Namespace) -> int:
     from .formats import read_eval_data
     from .report import wandb_wanted
-    from ..generate import builder_for, load_for_inference
+    from ..loading import builder_for, load_for_inference
 
     data = read_eval_data(args.data, args.format, split=args.split, image_root=args.image_root,
                           max_items=args.max_items)

@@ -19,14 +19,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
-from ..loading import load_trained, save_base, save_trained, unwrap
+from ..data.pipeline import make_builder
+from ..loading import load_trained, unwrap
 from ..data.collator import CompareCollator
-from ..data.conversation import ConversationBuilder
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
+from .outputs import save_base, save_trained
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
 from .stages import configure_stage
@@ -112,14 +113,6 @@ def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> 
     if torch.cuda.is_available():  # the ViT pass is the expensive part: run it on this rank's GPU
         model.vision_tower.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return build_feature_cache(model, processor, samples, cfg.data.feature_cache, rank(), world_size())
-
-
-def make_builder(cfg: DictConfig, processor: Any) -> ConversationBuilder:
-    marker = cfg.data.marker_template if cfg.data.image_marker == "interleaved" else None
-    if cfg.data.image_marker not in ("interleaved", "none"):
-        raise ValueError(f"data.image_marker must be interleaved or none, got {cfg.data.image_marker!r}")
-    return ConversationBuilder(processor.tokenizer, cfg.data.conversation_template, marker,
-                               cfg.data.system_prompt)
 
 
 def training_args(cfg: DictConfig) -> TrainingArguments:
