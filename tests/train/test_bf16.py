@@ -4,7 +4,7 @@ a bf16 weight near 0.02 has a step of 1.2e-4, and AdamW's ~lr-sized updates woul
 
 import torch
 
-from llava_compare.checkpoint import unwrap
+from llava_compare.loading import unwrap
 from llava_compare.model.build import build_model
 from llava_compare.train.main import run
 from tests.conftest import LORA, stage_cfg
