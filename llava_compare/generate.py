@@ -29,7 +29,8 @@ def generate_answer(model: nn.Module, processor: LlavaCompareProcessor, builder:
     ids = torch.tensor([prompt])
     pixels = processor.preprocess_images(sample.images) if sample.images else None
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
-                         max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+                         max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                         eos_token_id=builder.stop_token_ids(model.generation_config.eos_token_id))
     return processor.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 

@@ -113,7 +113,8 @@ def batch_generate(model: nn.Module, processor: LlavaCompareProcessor, builder: 
     dev = _device(model)
     ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pix).to(dev) if pix else None,
-                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(processor))
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(processor),
+                         eos_token_id=builder.stop_token_ids(model.generation_config.eos_token_id))
     texts = processor.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     return [t.strip() for t in texts]
 

@@ -186,7 +186,12 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
 
 def _set_generation_tokens(model: LlavaCompareForConditionalGeneration,
                            tokenizer: PreTrainedTokenizerBase) -> None:
+    """The LLM's own generation-config eos list (LLaMA-3-Instruct lists several) plus the
+    tokenizer's eos; generate() adds the chat template's end-of-turn token on top."""
     gc = model.generation_config
-    gc.eos_token_id = tokenizer.eos_token_id
+    llm_eos = model.language_model.generation_config.eos_token_id
+    llm_eos = [] if llm_eos is None else [llm_eos] if isinstance(llm_eos, int) else list(llm_eos)
+    eos = [i for i in dict.fromkeys([*llm_eos, tokenizer.eos_token_id]) if i is not None]
+    gc.eos_token_id = eos if len(eos) > 1 else (eos[0] if eos else None)
     gc.pad_token_id = tokenizer.pad_token_id
     gc.bos_token_id = tokenizer.bos_token_id
