@@ -26,7 +26,7 @@ from torch import nn
 
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
-from .model.build import build_model, quantization_config
+from .model.build import build_model, quantization_config, quantized_device_map
 from .model.lora import add_lora
 from .model.modeling import LlavaCompareForConditionalGeneration
 
@@ -53,8 +53,9 @@ def load_trained(path: str | Path, merge: bool = True, load_in_4bit: bool = Fals
     meta = json.loads((path / META).read_text())
     meta["model"]["llm"]["load_in_4bit"] = load_in_4bit
     if (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
+        quant = quantization_config(meta["model"])
         model = LlavaCompareForConditionalGeneration.from_pretrained(
-            path, quantization_config=quantization_config(meta["model"]))
+            path, quantization_config=quant, **({} if quant is None else {"device_map": quantized_device_map()}))
         processor = LlavaCompareProcessor.from_pretrained(path)
     else:
         # compressor_init is only a starting point: the trained compressor is loaded just below

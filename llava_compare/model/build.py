@@ -8,6 +8,7 @@ tiny from its config with a fixed seed, one with a hub id or folder is loaded fr
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping
 
 import torch
@@ -62,6 +63,15 @@ def quantization_config(model_cfg: Mapping[str, Any]) -> Any:
                               llm_int8_skip_modules=NOT_QUANTIZED)
 
 
+def quantized_device_map() -> dict[str, int | str]:
+    """Where a 4-bit model loads: this process's GPU (``LOCAL_RANK`` under torchrun), else the CPU.
+    Without a ``device_map`` bitsandbytes loads onto ``torch.cuda.current_device()``, which is
+    GPU 0 on every rank until the Trainer sets the device: 8 ranks would stack on GPU 0."""
+    if not torch.cuda.is_available():
+        return {"": "cpu"}
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+
+
 def quantize_llm(model: LlavaCompareForConditionalGeneration, model_cfg: Mapping[str, Any]
                  ) -> LlavaCompareForConditionalGeneration:
     """Reload an in-memory model with its LLM in 4-bit, through transformers' own quantizer (a
@@ -71,7 +81,7 @@ def quantize_llm(model: LlavaCompareForConditionalGeneration, model_cfg: Mapping
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         return LlavaCompareForConditionalGeneration.from_pretrained(
-            tmp, quantization_config=quantization_config(model_cfg))
+            tmp, quantization_config=quantization_config(model_cfg), device_map=quantized_device_map())
 
 
 def _tiny_vision_config(v: Mapping[str, Any]) -> CLIPVisionConfig:
@@ -160,8 +170,9 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
                                                              attn_implementation=config.vision_config._attn_implementation)
     quant = quantization_config(model_cfg)
     if tcfg.get("name_or_path"):
+        placement = {} if quant is None else {"device_map": quantized_device_map()}
         model.language_model = AutoModelForCausalLM.from_pretrained(
-            tcfg["name_or_path"], dtype=dtype, attn_implementation=attn, quantization_config=quant)
+            tcfg["name_or_path"], dtype=dtype, attn_implementation=attn, quantization_config=quant, **placement)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if quant is None:
