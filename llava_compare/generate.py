@@ -12,7 +12,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
-from .loading import builder_for, load_for_inference
+from .loading import builder_for, device_arg, load_for_inference
 
 
 def question_sample(prompt: str, images: list[Any]) -> Sample:
@@ -26,8 +26,9 @@ def generate_answer(model: nn.Module, processor: LlavaCompareProcessor, builder:
                     sample: Sample, max_new_tokens: int = 32, streamer: Any = None) -> str:
     """Greedy answer to ``sample``'s last user turn (its final assistant turn is ignored)."""
     prompt, _ = processor.expand_image_tokens(builder.encode_prompt(sample))
-    ids = torch.tensor([prompt])
-    pixels = processor.preprocess_images(sample.images) if sample.images else None
+    param = next(p for p in model.parameters() if p.is_floating_point())  # where and how the model runs
+    ids = torch.tensor([prompt], device=param.device)
+    pixels = processor.preprocess_images(sample.images).to(param.device, param.dtype) if sample.images else None
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
                          max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
                          eos_token_id=builder.stop_token_ids(model.generation_config.eos_token_id))
@@ -41,11 +42,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--stream", action="store_true", help="print the answer token by token as it is generated")
+    p.add_argument("--device", default="auto", type=device_arg,
+                   help="auto (CUDA when present, in bf16; default), cpu, cuda or cuda:N")
     p.set_defaults(handler=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    model, processor = load_for_inference(args.model)
+    model, processor = load_for_inference(args.model, args.device)
     builder = builder_for(args.model, processor)
     streamer = None
     if getattr(args, "stream", False):

@@ -188,9 +188,59 @@ def load_exported(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
 
 
 # --- inference: any of the above -------------------------------------------------------------------
-def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be {DEVICE_CHOICES}; got {spec!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: this machine has no CUDA device; use --device cpu (or auto)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def device_arg(spec: str) -> str:
+    """argparse ``type=`` for ``--device``: a bad or unavailable device is a one-line usage error."""
+    import argparse
+
+    try:
+        resolve_device(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return spec
+
+
+def inference_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on a GPU that supports it (half the memory, tensor cores); None keeps the weights' dtype."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def place_for_inference(model: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+    """``model`` on ``device`` (in ``dtype`` when given; a 4-bit model keeps its dtypes)."""
+    if dtype is None or getattr(model, "is_quantized", False):
+        return model.to(device)
+    return model.to(device=device, dtype=dtype)
+
+
+def load_for_inference(ref: str | Path, device: str = "cpu") -> tuple[nn.Module, LlavaCompareProcessor]:
     """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
-    an export folder or a hub id. LoRA is merged; the model is in eval mode."""
+    an export folder or a hub id. LoRA is merged; the model is in eval mode on ``device``
+    (:func:`resolve_device`; on CUDA in bf16 when supported, see :func:`inference_dtype`)."""
+    target = resolve_device(device)
+    model, processor = _load_for_inference(ref)
+    return place_for_inference(model, target, inference_dtype(target)), processor
+
+
+def _load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
     path = Path(ref)
     if (path / META).is_file() and not is_export(path):  # a finished stage
         model, processor = load_trained(path, merge=False)

@@ -112,6 +112,8 @@ _EVAL_PARSER: argparse.ArgumentParser | None = None
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
+    from ..loading import device_arg
+
     p = sub.add_parser("eval", help="score a trained model on held-out comparison data",
                        description="Score a model on multiple-choice / free-form multi-image data. "
                                    "Formats: " + ", ".join(EVAL_FORMATS) + " (see docs/evaluation.md).")
@@ -133,6 +135,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-marker", default=None, choices=["interleaved", "none"],
                    help="default: what the model was trained with")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--device", default="auto", type=device_arg,
+                   help="auto (CUDA when present, in bf16; default), cpu, cuda or cuda:N")
     p.add_argument("--report-max-items", type=int, default=1000,
                    help="items shown in report.html, wrong answers first (default 1000)")
     p.add_argument("--wandb", action="store_true",
@@ -187,7 +191,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     data = read_eval_data(args.data, args.format, split=args.split, image_root=args.image_root,
                           max_items=args.max_items)
-    model, processor = load_for_inference(args.model)
+    model, processor = load_for_inference(args.model, args.device)
     info = {"command": command_line(args), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model_info(args.model), "data": data.info}
     use_wandb = wandb_wanted(args.wandb, args.wandb_project)
