@@ -43,7 +43,7 @@ class LlavaComparePreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -143,7 +143,7 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,  # a transformers Cache (generate() passes it); never in training
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -165,7 +165,7 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         pass through ``kwargs``). That needs no KV cache, so the cache is off unless asked for, and
         always off in training: the LLM's own config defaults to ``use_cache=True``.
         """
-        if self.training and (use_cache or past_key_values is not None):
+        if self.training and (use_cache or cache is not None):
             raise ValueError("a KV cache in a training forward would let packed samples attend to "
                              "each other; call generate() / eval() for cached decoding")
         if inputs_embeds is None:
@@ -180,16 +180,15 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         decoder = self.language_model.get_decoder()
         out = decoder(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=bool(use_cache), **kwargs,
+            cache=cache, use_cache=bool(use_cache), **kwargs,
         )
         hidden = out.last_hidden_state  # [B, S, D]
         lm_head = self.get_output_embeddings()
         if labels is None:
             keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
-            return CausalLMOutputWithPast(logits=lm_head(hidden[:, keep]),
-                                          past_key_values=out.past_key_values)
+            return CausalLMOutputWithPast(logits=lm_head(hidden[:, keep]), cache=out.cache)
         loss, logits = self._labelled_loss(hidden, labels, lm_head, num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
 
     @staticmethod
     def _labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
