@@ -6,13 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt: the exact versions the suite passed on (pip freeze); pyproject.toml gives ranges.
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel of torch lies on this machine's disk; pinning it first stops pip from
-	# pulling a multi-GB CUDA build to satisfy torch>=2.6. On a GPU box, install your torch first.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	# pulling a multi-GB CUDA build to satisfy torch>=2.6. On a GPU box, install your torch first
+	# (the same version: constraints.txt pins torch==2.13.0, which a CUDA build of 2.13.0 satisfies).
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
