@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from llava_compare.train.quiet import STARTUP_MESSAGES
 
 # What a rank does at start: the entry point's quieting, then the imports that print.
@@ -19,12 +17,12 @@ SCRIPT = ("from llava_compare.train.quiet import quiet_startup_on_other_ranks\n"
           "get_accelerator()\n")
 
 
-@pytest.mark.parametrize("rank", ["0", "1"])
-def test_startup_messages_once_per_run(rank):
-    env = {**os.environ, "RANK": rank, "OMP_NUM_THREADS": "1"}
+def test_other_ranks_do_not_repeat_startup_messages():
+    """Rank 0 prints each at most once (one import per process); rank 1 must print none."""
+    env = {**os.environ, "RANK": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
     for prefix in STARTUP_MESSAGES.values():
         lines = [line for line in text.splitlines() if prefix in line]
-        assert len(lines) <= (1 if rank == "0" else 0), (rank, lines)
+        assert not lines, lines
