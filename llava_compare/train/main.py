@@ -28,6 +28,7 @@ from ..data.problems import ProblemLog
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
 from .outputs import save_base, save_trained
+from .quiet import ignore_dependency_step_warnings
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
 from .stages import configure_stage
@@ -170,6 +171,7 @@ class RunResult:
 def run(cfg: DictConfig) -> RunResult:
     """Setup -> train -> save -> evaluate."""
     setup_logging()
+    ignore_dependency_step_warnings()
     # First, before anything is written: may this run use output_dir, and from which checkpoint?
     start = choose_start(cfg.output_dir, cfg.resume, cfg.overwrite, is_main=rank() == 0)
     set_seed(cfg.seed)

@@ -1,4 +1,5 @@
-"""Start-up messages of dependencies, said once per run instead of once per rank.
+"""Start-up messages of dependencies, said once per run instead of once per rank; per-step
+warnings of dependencies that are not ours to fix, silenced by their exact text.
 
 Under ``torchrun --nproc_per_node=8`` every rank imports bitsandbytes (through peft) and DeepSpeed
 (through accelerate), and each prints the same start-up warning: bitsandbytes' "kernels" notice
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 # logger name -> start of the one message dropped on ranks > 0
 STARTUP_MESSAGES = {
@@ -36,3 +38,10 @@ def quiet_startup_on_other_ranks() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessage) for f in logger.filters):
             logger.addFilter(_DropMessage(prefix))
+
+
+def ignore_dependency_step_warnings() -> None:
+    """DeepSpeed 0.19's ZeRO-1/2 calls ``torch.distributed.all_gather_into_tensor``, deprecated in
+    torch 2.13, on every step: a FutureWarning per step and rank that is not ours to fix."""
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
