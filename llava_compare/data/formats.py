@@ -42,7 +42,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 
-from llava_compare.data.checks import ROLE_MAP, check_placeholders, check_text, resolve_role  # noqa: F401
+from llava_compare.data.checks import check_placeholders, check_text, resolve_role
 from llava_compare.data.problems import ProblemLog
 from llava_compare.data.sample import IMAGE_PLACEHOLDER, DataError, Message, Sample
 
@@ -57,9 +57,6 @@ DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 #: Each format's own image placeholder, rewritten to ``IMAGE_PLACEHOLDER`` on read.
 DEFAULT_PLACEHOLDERS = {"llava": "<image>", "mantis": "<image>", "owl": "<|image|>"}
-
-# ROLE_MAP (dataset role names -> canonical roles) lives with the role check in ``checks.py``;
-# it is imported here so ``formats.ROLE_MAP`` keeps working.
 
 _ORDINALS = "first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|\\d+(?:st|nd|rd|th)"
 #: Default dataset image marker: "Image 1:", "Image 1 :", "image 2:", "Picture 3:", "The first image:"
