@@ -46,10 +46,11 @@ def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 class CompareCollator:
     def __init__(self, pad_token_id: int, packing: bool = False, max_length: int | None = None,
-                 report_skips: bool = False):
+                 pad_to_multiple_of: int | None = None, report_skips: bool = False):
         if packing and not max_length:
             raise ValueError("packing needs max_length (the packed row length)")
         self.pad_token_id, self.packing, self.max_length = pad_token_id, packing, max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.report_skips = report_skips
 
     def __call__(self, items: Sequence[dict[str, Any] | SkippedSample | None]) -> dict[str, Any]:
@@ -66,8 +67,14 @@ class CompareCollator:
                                      "skipped": [it for it in items if isinstance(it, SkippedSample)]}
         return batch
 
-    def _layout(self, items: Sequence[dict[str, Any]], rows: list[list[int]]) -> dict[str, Any]:
+    def _width(self, items: Sequence[dict[str, Any]], rows: list[list[int]]) -> int:
         width = max(sum(len(items[i]["input_ids"]) for i in row) for row in rows)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return width
+
+    def _layout(self, items: Sequence[dict[str, Any]], rows: list[list[int]]) -> dict[str, Any]:
+        width = self._width(items, rows)
         shape = (len(rows), width)
         ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
         labels = torch.full(shape, IGNORE, dtype=torch.long)
