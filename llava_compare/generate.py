@@ -12,7 +12,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
-from .loading import builder_for, device_arg, load_for_inference
+from .loading import builder_for, device_arg, load, to_device
 
 
 def question_sample(prompt: str, images: list[Any]) -> Sample:
@@ -48,7 +48,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    model, processor = load_for_inference(args.model, args.device)
+    model, processor, _ = load(args.model)
+    model = to_device(model, args.device)
     builder = builder_for(args.model, processor)
     streamer = None
     if getattr(args, "stream", False):

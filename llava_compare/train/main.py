@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from ..data.pipeline import make_builder
-from ..loading import load_trained, unwrap
+from ..loading import load, unwrap
 from ..data.collator import CompareCollator
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
@@ -74,8 +74,10 @@ def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The model to train: from ``init_from`` (a previous stage's output) or built from config."""
     if cfg.init_from:
         quantize = bool(cfg.model.llm.load_in_4bit)
-        model, processor = load_trained(cfg.init_from, merge=True, load_in_4bit=quantize)
-        meta = json.loads((Path(cfg.init_from) / "llava_compare.json").read_text())
+        model, processor, meta = load(cfg.init_from, merge=True, load_in_4bit=quantize)
+        if "model" not in meta:
+            raise ValueError(f"init_from={cfg.init_from} has no llava_compare.json with the model config: "
+                             "give a stage output, one of its checkpoint-N folders or a llava_compare export")
         model_cfg = {**meta["model"], "llm": {**meta["model"]["llm"], "load_in_4bit": quantize}}
         log.info("initialised from %s (stage %s)", cfg.init_from, meta.get("stage", {}).get("name"))
     else:

@@ -74,7 +74,7 @@ def test_4bit_llm_loads_on_this_ranks_gpu(monkeypatch, tmp_path, stage1_run, cud
     tiny["llm"]["load_in_4bit"] = True
     for load in (lambda: build.build_model(hub),  # a hub / local LLM
                  lambda: build.build_model(tiny),  # a tiny LLM, quantized through a temporary save
-                 lambda: loading.load_trained(stage1_run[1].output_dir, load_in_4bit=True)):  # init_from
+                 lambda: loading.load(stage1_run[1].output_dir, load_in_4bit=True)):  # init_from
         with pytest.raises(_Loaded):
             load()
     assert len(calls) == 3
