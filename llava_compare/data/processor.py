@@ -10,18 +10,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
+from .checks import load_image
 from .sample import IMAGE_PLACEHOLDER
-
-
-def load_image(image: Any) -> Image.Image:
-    """A path or a PIL image -> RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as im:
-        return im.convert("RGB")
 
 
 class LlavaCompareProcessor(ProcessorMixin):
@@ -50,7 +42,8 @@ class LlavaCompareProcessor(ProcessorMixin):
         return out_ids, out_labels
 
     def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
-        """Paths or PIL images -> ``[N_img, 3, H, W]`` float pixel values."""
+        """Paths or PIL images -> ``[N_img, 3, H, W]`` float pixel values. A missing, undecodable or
+        oversized image raises ``DataError`` naming the file (the checks training runs)."""
         pil = [load_image(im) for im in images]
         return self.image_processor(images=pil, return_tensors="pt")["pixel_values"]
 
