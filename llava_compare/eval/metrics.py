@@ -39,7 +39,10 @@ def is_mc(record: dict[str, Any]) -> bool:
 
 
 def is_wrong(record: dict[str, Any]) -> bool:
-    """Wrong MC answer (unparseable included) or a free-form answer that is not an exact match."""
+    """Wrong MC answer (unparseable included) or a free-form answer that is not an exact match;
+    never an item without a gold answer."""
+    if record.get("labelled") is False:
+        return False
     return not record["correct"] if is_mc(record) else not record.get("exact_match", False)
 
 
