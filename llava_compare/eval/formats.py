@@ -97,6 +97,31 @@ def read_eval_data(path: str, fmt: str = "mcq", *, split: str | None = None, con
     return EvalData(samples, skipped, info, first)
 
 
+def skip_failure(data: EvalData, max_skip_rate: float = 0.0) -> str | None:
+    """Why an eval over ``data`` must fail loudly, or None: nothing left to score, or more rows
+    skipped than ``max_skip_rate`` (a fraction of all rows) allows. The message names the first
+    skipped row, its reason and the columns the file has."""
+    n_skipped = sum(data.skipped.values())
+    total = n_skipped + len(data.samples)
+    if not n_skipped and data.samples:
+        return None
+    if not total:
+        return f"eval: {data.info.get('path')} holds no rows"
+    rate = n_skipped / total
+    if data.samples and rate <= max_skip_rate:
+        return None
+    head = (f"eval: scored nothing: all {total} rows of {data.info.get('path')} were skipped"
+            if not data.samples else
+            f"eval: skipped {n_skipped} of {total} rows ({rate:.1%}) of {data.info.get('path')}, more than "
+            f"--max-skip-rate {max_skip_rate:g}")
+    reasons = ", ".join(f"{k} {n}" for k, n in data.skipped.most_common())
+    first = data.first_skip or {}
+    where = f"first skipped: sample {first.get('sample_id')!r}: {first.get('kind')}: {first.get('detail')}"
+    columns = f"columns found: {', '.join(first.get('columns') or []) or '(unknown)'}"
+    hint = f" (is --format {data.info.get('format')} the layout of this file? see docs/evaluation.md)"
+    return f"{head} ({reasons}); {where}; {columns}{hint}"
+
+
 def is_labelled(sample: Sample) -> bool:
     """Whether the item has a gold answer (a withheld test split has none: predicted, not scored)."""
     m = sample.meta

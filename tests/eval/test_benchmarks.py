@@ -287,3 +287,24 @@ def test_judge_mode_with_the_tiny_model(tiny, tmp_path):
     assert "Question: Which image is brighter?" in p and "Reference answer: Image 1" in p and \
         "Candidate answer: Image 2" in p
     assert [parse_score(t) for t in ("4", "Score: 3/5", " 5.", "10", "none", "7 or 2")] == [4, 3, 5, None, None, 2]
+
+
+def test_skip_failure_names_the_first_row_reason_and_columns(qbench2_hf_parquet, tmp_path):
+    from llava_compare.eval.formats import skip_failure
+
+    rows = qbench2_hf_rows(4)
+    for r in rows:
+        r["correct_choice"] = "E"  # names no option (there are four at most)
+    rows[3]["correct_choice"] = "A"
+    path = write_qbench2_hf(rows, tmp_path / "bad.parquet")
+    data = read_eval_data(str(path), "qbench2")
+    assert len(data.samples) == 1 and dict(data.skipped) == {"answer_not_in_options": 3}
+    msg = skip_failure(data)  # default --max-skip-rate 0
+    assert msg.startswith("eval: skipped 3 of 4 rows (75.0%)")
+    assert "first skipped: sample '1000': answer_not_in_options:" in msg and "row 0" in msg
+    assert "columns found: correct_choice, id, image1, image2, option0" in msg
+    assert skip_failure(data, max_skip_rate=0.75) is None and skip_failure(data, max_skip_rate=0.7)
+    # a file in another layout: every row skipped, "scored nothing"
+    wrong = read_eval_data(str(qbench2_hf_parquet[0]), "mantis")
+    assert not wrong.samples and skip_failure(wrong, 1.0).startswith("eval: scored nothing: all 24 rows")
+    assert skip_failure(read_eval_data(str(qbench2_hf_parquet[0]), "qbench2")) is None
