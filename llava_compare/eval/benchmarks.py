@@ -230,7 +230,8 @@ def qbench2_groups(row: Mapping[str, Any]) -> dict[str, str]:
     return groups
 
 
-def parse_qbench_row(row: Mapping[str, Any], index: int, fmt: str, root: str | None, where: str) -> Sample:
+def parse_qbench_row(row: Mapping[str, Any], index: int, fmt: str, root: str | None, where: str,
+                     style: str = "lmms-eval") -> Sample:
     sample_id = _sample_id(row, index)
     question = row.get("question")
     options, positions = _row_options(row)
@@ -249,7 +250,7 @@ def parse_qbench_row(row: Mapping[str, Any], index: int, fmt: str, root: str | N
     # Q-Bench2-HF's int question_type is reported as a category (groups), not as a QA type
     qa_type = None if groups else next((row[k] for k in _QA_TYPE_KEYS if row.get(k) is not None), None)
     meta = {"task": str(task), "qa_type": None if qa_type is None else str(qa_type), "groups": groups}
-    return _mc_item(sample_id, text, options, idx, images, meta, "lmms-eval")
+    return _mc_item(sample_id, text, options, idx, images, meta, style)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,7 +278,8 @@ def _mantis_letter(answer: Any, n_options: int, where: str, sample_id: str) -> i
                     sample_id, "answer_not_in_options")
 
 
-def parse_mantis_row(row: Mapping[str, Any], index: int, root: str | None, where: str) -> Sample:
+def parse_mantis_row(row: Mapping[str, Any], index: int, root: str | None, where: str,
+                     style: str = "mantis") -> Sample:
     sample_id = _sample_id(row, index)
     question, qtype = row.get("question"), str(row.get("question_type") or "multi-choice")
     if not isinstance(question, str) or not question.strip():
@@ -299,7 +301,7 @@ def parse_mantis_row(row: Mapping[str, Any], index: int, root: str | None, where
         raise DataError(f"{where}: expected an 'options' list with >= 2 options, got {raw!r:.200}", sample_id,
                         "bad_row")
     idx = _mantis_letter(row.get("answer"), len(options), where, sample_id)
-    return _mc_item(sample_id, text, options, idx, images, meta, "mantis")
+    return _mc_item(sample_id, text, options, idx, images, meta, style)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,15 +322,18 @@ def parse_cadqa_row(row: Mapping[str, Any], index: int, root: str | None, where:
     return _item(sample_id, text, answer or "?", images, meta)
 
 
-def parse_table_row(row: Any, index: int, fmt: str, root: str | None, source: str = "<rows>") -> Sample:
-    """One benchmark row (``fmt`` in ``TABLE_FORMATS``) -> an eval ``Sample`` (see the module doc)."""
+def parse_table_row(row: Any, index: int, fmt: str, root: str | None, source: str = "<rows>",
+                    prompt_style: str | None = None) -> Sample:
+    """One benchmark row (``fmt`` in ``TABLE_FORMATS``) -> an eval ``Sample`` (see the module doc).
+    ``prompt_style`` (``PROMPT_STYLES``) defaults to the benchmark's own: lmms-eval's for Q-Bench2 /
+    MICBench, Mantis-Eval's for ``mantis``."""
     where = f"{source}, row {index}"
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: expected an object, got {type(row).__name__}", str(index), "bad_row")
     if fmt in ("qbench2", "micbench"):
-        return parse_qbench_row(row, index, fmt, root, where)
+        return parse_qbench_row(row, index, fmt, root, where, prompt_style or "lmms-eval")
     if fmt == "mantis":
-        return parse_mantis_row(row, index, root, where)
+        return parse_mantis_row(row, index, root, where, prompt_style or "mantis")
     if fmt == "cadqa":
         return parse_cadqa_row(row, index, root, where)
     raise ValueError(f"unknown table format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")

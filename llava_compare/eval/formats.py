@@ -61,9 +61,11 @@ class EvalData:
 
 
 def read_eval_data(path: str, fmt: str = "mcq", *, split: str | None = None, config: str | None = None,
-                   image_root: str | None = None, max_items: int | None = None, on_error: str = "skip") -> EvalData:
+                   image_root: str | None = None, max_items: int | None = None, on_error: str = "skip",
+                   prompt_style: str | None = None) -> EvalData:
     """Read one eval source (a local .json/.jsonl/.parquet file, a folder of them, or a hub id with
-    an optional ``config`` name, e.g. ``TIGER-Lab/Mantis-Eval`` + ``q-bench2-a1-compare-dev``)."""
+    an optional ``config`` name, e.g. ``TIGER-Lab/Mantis-Eval`` + ``q-bench2-a1-compare-dev``).
+    ``prompt_style``: the lettered prompt of the table formats (default: the benchmark's own)."""
     if fmt not in EVAL_FORMATS:
         raise ValueError(f"unknown eval format {fmt!r}; valid: {', '.join(EVAL_FORMATS)}")
     files = resolve_data_files(path)
@@ -87,7 +89,7 @@ def read_eval_data(path: str, fmt: str = "mcq", *, split: str | None = None, con
             first = {"kind": kind, **skipped.examples[kind][0], "columns": _columns(path, files, split)}
     else:
         samples, skipped, first, hub_fp = _read_table(path, files, fmt, split, config, image_root, max_items,
-                                                      on_error)
+                                                      on_error, prompt_style)
     if skipped:
         log.warning("%s: skipped %d items: %s", path, sum(skipped.values()), dict(skipped))
     info = {"path": path, "format": fmt, "split": split, "config": config, "n_items": len(samples),
@@ -213,7 +215,7 @@ def prepare_llava_item(sample: Sample, open_only: bool = False) -> Sample:
 
 
 def _read_table(path: str, files: list[Path] | None, fmt: str, split: str | None, config: str | None,
-                image_root: str | None, max_items: int | None, on_error: str
+                image_root: str | None, max_items: int | None, on_error: str, prompt_style: str | None = None
                 ) -> tuple[list[Sample], ProblemLog, dict[str, Any] | None, str | None]:
     sources: list[tuple[str, Iterable[Any], str | None]]
     fingerprint = None
@@ -233,7 +235,7 @@ def _read_table(path: str, files: list[Path] | None, fmt: str, split: str | None
             if max_items is not None and len(samples) >= max_items:
                 return samples, skipped, first, fingerprint
             try:
-                samples.append(parse_table_row(row, index, fmt, root, source))
+                samples.append(parse_table_row(row, index, fmt, root, source, prompt_style))
             except DataError as err:
                 if on_error == "raise":
                     raise

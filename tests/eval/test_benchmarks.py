@@ -308,3 +308,12 @@ def test_skip_failure_names_the_first_row_reason_and_columns(qbench2_hf_parquet,
     wrong = read_eval_data(str(qbench2_hf_parquet[0]), "mantis")
     assert not wrong.samples and skip_failure(wrong, 1.0).startswith("eval: scored nothing: all 24 rows")
     assert skip_failure(read_eval_data(str(qbench2_hf_parquet[0]), "qbench2")) is None
+
+
+def test_prompt_style_can_be_chosen(mantis_parquet, qbench2_hf_parquet):
+    lmms = read_eval_data(str(mantis_parquet[0]), "mantis", prompt_style="lmms-eval").samples[0]
+    assert "\nA. The first image\nB. The second image\nAnswer with the option's letter" in lmms.messages[0].content
+    mantis = read_eval_data(str(qbench2_hf_parquet[0]), "qbench2", prompt_style="mantis", max_items=1).samples[0]
+    assert "\n (A) The first image\n (B) The second image\n" in mantis.messages[0].content
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        read_eval_data(str(qbench2_hf_parquet[0]), "qbench2", prompt_style="llava", on_error="raise")
