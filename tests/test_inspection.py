@@ -87,3 +87,44 @@ def test_budget_trim_and_skip_are_shown(tiny, tmp_path):
     tiny_budget = CompareDataset([], processor, builder, max_length=5)
     assert inspect_sample(plain, tiny_budget).skipped.startswith("too_long:")
     assert "SKIPPED by training: too_long" in format_view(inspect_sample(plain, tiny_budget))
+
+
+# --------------------------------------------------------------------------------------------------
+# The command and the training log
+# --------------------------------------------------------------------------------------------------
+
+
+def test_inspect_command_prints_coinstruct_samples_as_training_encodes_them(tmp_path, capsys):
+    from llava_compare.cli import main as cli_main
+
+    path = tmp_path / "coinstruct_562k_llava_format.json"
+    path.write_text(json.dumps(coinstruct_rows()))
+    # DATA, then a flag, then overrides after it (as validate accepts them)
+    assert cli_main(["inspect", str(path), "-n", "2", "recipe=demo_stage2", "init_from=null",
+                     "data.system_prompt=null"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"3 samples in {path}")
+    blocks = out.split("=== sample ")[1:]
+    assert [b.split("'")[1] for b in blocks] == ["co-2", "co-3"]
+    for n, block in zip((2, 3), blocks):
+        text = block.split("--- text ---\n")[1].split("--- labelled spans ---")[0]
+        assert len(re.findall(r"<image×\d+>", text)) == n and "Image 1:" not in text
+        assert all(text.count(f"The {ORDINALS[k]} image:") == 1 for k in range(n))
+        assert re.findall(r"«([^»]*)»", text) == [f" The {ORDINALS[n - 1]} image is the clearest.</s>"]
+    assert "A chat between a curious user" in blocks[0]  # data.system_prompt=null: vicuna's system prompt
+    assert cli_main(["inspect", str(path), "--ids", "co-4", "recipe=demo_stage2", "init_from=null"]) == 0
+    assert "sample 'co-4'" in capsys.readouterr().out
+    assert cli_main(["inspect", str(path), "--ids", "nope", "recipe=demo_stage2", "init_from=null"]) == 2
+    assert "no sample with id 'nope'" in capsys.readouterr().err
+
+
+def test_training_logs_one_example_at_start(synth_dir, tmp_path, capfd):
+    from llava_compare.train.main import run
+    from tests.conftest import stage_cfg
+
+    run(stage_cfg("demo_stage2", synth_dir, tmp_path / "s2", 1, "init_from=null"))
+    err = capfd.readouterr().err
+    assert err.count("the first training sample, as the model sees it:") == 1
+    logged = err.split("as the model sees it:")[1]
+    assert logged.lstrip().startswith("=== sample 'train-000000' ===")
+    assert "<image×4>" in logged and "«" in logged.split("--- labelled spans ---")[0]
