@@ -111,7 +111,8 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
             "data": {"paths": [s.path for s in specs], "format": "mcq", "skipped": dict(samples.skipped)}}
     summary = evaluate_samples(model, processor, make_builder(cfg, processor), samples,
                                Path(cfg.output_dir) / "eval", cfg.eval.max_new_tokens,
-                               batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info)
+                               batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info,
+                               skipped=samples.skipped)
     print(format_summary(summary), flush=True)
     return summary
 
