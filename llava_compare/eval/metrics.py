@@ -68,8 +68,15 @@ def _open_stats(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _stats(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Multiple-choice stats, or free-form ones; a group holding both (a Mantis-Eval data source
+    with short-answer rows) gets the free-form items' stats under ``free_form``."""
     mc = [r for r in rs if is_mc(r)]
-    return _mc_stats(mc) if mc else _open_stats(rs)
+    if not mc:
+        return _open_stats(rs)
+    out = _mc_stats(mc)
+    if len(mc) < len(rs):
+        out["free_form"] = _open_stats([r for r in rs if not is_mc(r)])
+    return out
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -127,7 +134,11 @@ def _open_row(name: str, m: dict[str, Any]) -> str:
 
 def _table(title: str, rows: dict[str, dict[str, Any]]) -> list[str]:
     lines = [f"{title:<12} {'n':>5}  {'accuracy':>8}  {'chance':>6}"]
-    return lines + [_mc_row(k, m) if "accuracy" in m else _open_row(k, m) for k, m in rows.items()]
+    for k, m in rows.items():
+        lines.append(_mc_row(k, m) if "accuracy" in m else _open_row(k, m))
+        if "free_form" in m:
+            lines.append(_open_row("  +free-form", m["free_form"]))
+    return lines
 
 
 def _notes(summary: dict[str, Any]) -> list[str]:

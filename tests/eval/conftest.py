@@ -27,7 +27,8 @@ def png_bytes(path: Path) -> bytes:
 
 @pytest.fixture(scope="session")
 def qbench2_parquet(synth_dir, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
-    """Q-Bench2 A1-pair rows made from the synthetic 2-image items: ``image1``/``image2`` as a
+    """Q-Bench2 A1-pair items in an options-list copy's layout (not the Hub's: that is
+    ``qbench2_hf_parquet``), made from the synthetic 2-image items: ``image1``/``image2`` as a
     datasets ``Image`` feature with embedded PNG bytes, ``options`` a list, ``answer`` the option
     text, ``Task`` and ``QA_type``. Returns (path, {id: row without images})."""
     import datasets

@@ -317,3 +317,14 @@ def test_prompt_style_can_be_chosen(mantis_parquet, qbench2_hf_parquet):
     assert "\n (A) The first image\n (B) The second image\n" in mantis.messages[0].content
     with pytest.raises(ValueError, match="unknown prompt style"):
         read_eval_data(str(qbench2_hf_parquet[0]), "qbench2", prompt_style="llava", on_error="raise")
+
+
+def test_a_group_with_both_kinds_reports_both(mantis_parquet):
+    """Mantis-Eval's data_source groups multi-choice and short-answer rows: neither is dropped."""
+    folder, rows = mantis_parquet
+    samples = read_eval_data(str(folder), "mantis").samples
+    records = [generated_record(s, "(A)" if "options" in s.meta else "two", "generate") for s in samples]
+    mantis = summarize(records)["groups"]["data_source"]["mantis"]
+    n_mc = sum(1 for r in rows if r["data_source"] == "mantis" and r["question_type"] == "multi-choice")
+    assert mantis["n"] == n_mc and mantis["free_form"] == {"n": 1, "exact_match": 1.0, "f1": 1.0}
+    assert "  +free-form     1  exact match 1.000" in format_summary(summarize(records))
