@@ -25,14 +25,13 @@ def question_sample(prompt: str, images: list[Any]) -> Sample:
 def generate_answer(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
                     sample: Sample, max_new_tokens: int = 32, streamer: Any = None) -> str:
     """Greedy answer to ``sample``'s last user turn (its final assistant turn is ignored)."""
-    prompt, _ = processor.expand_image_tokens(builder.encode_prompt(sample))
+    inputs = processor(conversation=sample, builder=builder, images=sample.images, add_generation_prompt=True)
     param = next(p for p in model.parameters() if p.is_floating_point())  # where and how the model runs
-    ids = torch.tensor([prompt], device=param.device)
-    pixels = processor.preprocess_images(sample.images).to(param.device, param.dtype) if sample.images else None
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
-                         max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+    inputs = {k: v.to(param.device, param.dtype) if k == "pixel_values" else v.to(param.device)
+              for k, v in inputs.items()}
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
                          eos_token_id=builder.stop_token_ids(model.generation_config.eos_token_id))
-    return processor.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
