@@ -27,6 +27,7 @@ from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
+from .filler import FillSkippedBatches, first_usable_sample
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
 from .stages import configure_stage
@@ -195,8 +196,10 @@ def run(cfg: DictConfig) -> RunResult:
     skips = SkipMonitor(cfg.data.log_skips_every, cfg.data.max_skip_rate, cfg.data.skip_rate_min_samples)
     trainer = CompareTrainer(
         model=model, args=training_args(cfg), train_dataset=train_set,
-        data_collator=CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
-                                      max_length=cfg.data.max_length, report_skips=True),
+        data_collator=FillSkippedBatches(
+            CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
+                            max_length=cfg.data.max_length, report_skips=True),
+            filler=first_usable_sample(train_set)),
         processing_class=processor,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
     )

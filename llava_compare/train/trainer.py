@@ -10,8 +10,9 @@ all come from ``transformers.Trainer``. We change only:
   and carry the number of samples seen;
 - a non-finite loss stops the run before the optimizer step (``guards.py``), naming the batch's
   ``sample_ids`` (which the collator carries and we drop before the forward);
-- a batch whose samples were all skipped is a no-op step instead of a crash, and each batch's
-  skip report (``collator.SKIP_STATS_KEY``) goes to the ``SkipMonitor`` before the forward pass.
+- a micro-batch whose samples were all skipped arrives as masked filler (``filler.py``) and
+  trains with loss 0 through the same modules, so every rank stays in step under ZeRO-3/FSDP;
+  each batch's skip report (``collator.SKIP_STATS_KEY``) goes to the ``SkipMonitor`` first.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..data.collator import SKIP_STATS_KEY
 from .checkpoints import (clear_staging, commit, prune, read_marker, require_rng_files, staging_root,
                           write_marker)
 from .fault_injection import maybe_kill
+from .filler import FILLER_KEY
 from .guards import check_finite
 from .stages import param_groups, trainable_state_dict
 
@@ -94,9 +96,10 @@ class CompareTrainer(Trainer):
         stats = inputs.pop(SKIP_STATS_KEY, None)  # not a model input
         if self.skip_monitor is not None:
             self.skip_monitor.record(stats)
-        if inputs["input_ids"].numel() == 0:  # every sample of the batch was skipped
-            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            return (zero, None) if return_outputs else zero
+        if inputs.pop(FILLER_KEY, False):
+            # Every label is masked: the loss is exactly 0 (not 0/0: the count of labelled tokens
+            # of a step whose micro-batches were all filler is 0), and so is every gradient.
+            num_items_in_batch = None
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def trainable_state(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
