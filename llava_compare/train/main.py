@@ -210,10 +210,11 @@ def run(cfg: DictConfig) -> RunResult:
         save_trained(trainer.model, cfg.output_dir, trained)
         (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("saved stage output to %s", cfg.output_dir)
-        if cfg.eval.enabled and cfg.data.eval:
-            from ..eval.run import evaluate_run
+    if cfg.eval.enabled and cfg.data.eval:
+        from ..eval.run import evaluate_run
 
-            metrics["eval"] = evaluate_run(cfg, unwrap(trainer.model), processor)
+        # On every rank: under ZeRO-3 / FSDP each forward gathers weights from all of them.
+        metrics["eval"] = evaluate_run(cfg, unwrap(trainer.model), processor)
     return RunResult(Path(cfg.output_dir), trainer.model, metrics)
 
 

@@ -11,35 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import LORA, TINY_OVERRIDES
-
-DEADLINE_S = 240  # a healthy run takes well under a minute here; a hang would wait for ever
-
-
-def torchrun(args: list[str], cwd: Path, deadline_s: int = DEADLINE_S) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=2 -m llava_compare.train ARGS``; fails the test when the run is
-    still going after ``deadline_s``, killing it and its workers (which hold its output pipes)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "llava_compare.train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=deadline_s)
-    except subprocess.TimeoutExpired:
-        launcher = psutil.Process(proc.pid)
-        for p in [*launcher.children(recursive=True), launcher]:
-            p.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"the 2-process run hung (still running after {deadline_s} s); its log ends:\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+from tests.train.torchrun import torchrun
 
 
 def base_args(out: Path, train: Path, *extra: str) -> list[str]:
@@ -69,28 +46,32 @@ def test_a_rank_whose_micro_batch_was_all_skipped_still_steps_with_the_others(sy
 
 
 def test_end_of_run_eval_runs_on_every_rank_and_matches_one_process(synth_dir, tmp_path):
-    # 7 eval items: an uneven split (4 + 3), so one rank must pad its share to keep in step
+    # 7 eval items: 6 scored by option log-likelihood (an uneven 3 + 3 split in batches of 2) and
+    # one free-form item answered by generate() (one rank scores it, the other a padding repeat)
     out = tmp_path / "run"
     proc = torchrun(base_args(out, synth_dir / "train.json", "optim.per_device_batch_size=2",
                               "optim.global_batch_size=4", "optim.max_steps=2", "eval.enabled=true",
-                              "eval.batch_size=2", f"data.eval=[{{path: {synth_dir}/eval.json, max_samples: 7}}]"),
-                    tmp_path)
+                              "eval.batch_size=2", "eval.max_new_tokens=6",
+                              f"data.eval=[{{path: {synth_dir}/eval.json, max_samples: 7}}]"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     written = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in written] == [f"eval-{i:06d}" for i in range(7)]  # every item once, in order
+    assert {r["mode"] for r in written} == {"loglik", "generate"}
     assert proc.stdout.count("overall accuracy") == 1  # one table, from rank 0
 
-    # the same trained model scored in one process gives the same scores
-    from llava_compare.checkpoint import load_trained
+    # the same trained model scored in one process gives the same records
     from llava_compare.data.formats import SourceSpec, read_sources
-    from llava_compare.evaluate import evaluate_samples
-    from llava_compare.generate import builder_for
+    from llava_compare.eval.run import evaluate_samples
+    from llava_compare.loading import builder_for, load_trained
 
     model, processor = load_trained(out)
     samples = read_sources([SourceSpec(path=str(synth_dir / "eval.json"), max_samples=7)], on_error="skip")
     evaluate_samples(model, processor, builder_for(str(out), processor), samples, tmp_path / "single",
-                     progress=False)
+                     max_new_tokens=6, progress=False)
     single = [json.loads(line) for line in (tmp_path / "single" / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in single] == [r["id"] for r in written]
     for one, two in zip(single, written):
-        assert two["scores"] == pytest.approx(one["scores"], abs=1e-3), one["id"]
+        if one["mode"] == "loglik":
+            assert two["scores"] == pytest.approx(one["scores"], abs=1e-3), one["id"]
+        else:
+            assert two["prediction"] == one["prediction"], one["id"]
