@@ -26,7 +26,7 @@ from torch import nn
 
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
-from .model.build import build_model, quantization_config
+from .model.build import DTYPES, build_model, quantization_config, resolve_attn_implementation
 from .model.lora import add_lora
 from .model.modeling import LlavaCompareForConditionalGeneration
 
@@ -42,19 +42,23 @@ def unwrap(model: nn.Module) -> LlavaCompareForConditionalGeneration:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def load_trained(path: str | Path, merge: bool = True, load_in_4bit: bool = False
-                 ) -> tuple[nn.Module, LlavaCompareProcessor]:
+def load_trained(path: str | Path, merge: bool = True, load_in_4bit: bool = False,
+                 model_cfg: dict[str, Any] | None = None) -> tuple[nn.Module, LlavaCompareProcessor]:
     """Rebuild a stage output. With ``merge``, LoRA is merged into the LLM (plain model back).
-    ``load_in_4bit`` loads the LLM in 4-bit NF4 (QLoRA on top of a stage-1 output)."""
+    ``load_in_4bit`` loads the LLM in 4-bit NF4 (QLoRA on top of a stage-1 output). ``model_cfg``
+    replaces the stage's ``model:`` section (the next stage's attention kernel, dtype and 4-bit
+    choice over the same structure: ``train.init_from``)."""
     path = Path(path)
     if not (path / META).is_file():
         raise FileNotFoundError(f"{path} is not a llava_compare stage output (no {META}); "
                                 "pass the output_dir of a finished stage-1/stage-2 run")
     meta = json.loads((path / META).read_text())
-    meta["model"]["llm"]["load_in_4bit"] = load_in_4bit
+    if model_cfg is not None:
+        meta["model"] = model_cfg
+    else:
+        meta["model"]["llm"]["load_in_4bit"] = load_in_4bit
     if (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
-        model = LlavaCompareForConditionalGeneration.from_pretrained(
-            path, quantization_config=quantization_config(meta["model"]))
+        model = _from_saved_base(path, meta["model"])
         processor = LlavaCompareProcessor.from_pretrained(path)
     else:
         # compressor_init is only a starting point: the trained compressor is loaded just below
@@ -65,6 +69,17 @@ def load_trained(path: str | Path, merge: bool = True, load_in_4bit: bool = Fals
     elif (path / TRAINABLE).is_file():
         load_named(model, load_file(str(path / TRAINABLE)))
     return model, processor
+
+
+def _from_saved_base(path: Path, model_cfg: dict[str, Any]) -> LlavaCompareForConditionalGeneration:
+    """A base saved whole (built from config, no hub id) with ``model_cfg``'s dtype and attention."""
+    attn = resolve_attn_implementation(model_cfg.get("attn_implementation", "auto"))
+    model = LlavaCompareForConditionalGeneration.from_pretrained(
+        path, quantization_config=quantization_config(model_cfg), dtype=DTYPES[model_cfg.get("dtype", "float32")])
+    # the ViT has no FlashAttention-2 path here: it keeps sdpa, as build_model sets it
+    model.set_attn_implementation({"text_config": attn,
+                                   "vision_config": "sdpa" if attn == "flash_attention_2" else attn})
+    return model
 
 
 def load_named(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from ..data.pipeline import make_builder
-from ..loading import load_trained, unwrap
+from ..loading import load_trained, read_meta, unwrap
 from ..data.collator import CompareCollator
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
@@ -28,6 +28,7 @@ from ..data.problems import ProblemLog
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
 from .filler import FillSkippedBatches, first_usable_sample
+from .init_from import stage_model_config
 from .outputs import save_base, save_trained
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
@@ -73,10 +74,14 @@ def ensure_synth_data(cfg: DictConfig) -> None:
 def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The model to train: from ``init_from`` (a previous stage's output) or built from config."""
     if cfg.init_from:
-        quantize = bool(cfg.model.llm.load_in_4bit)
-        model, processor = load_trained(cfg.init_from, merge=True, load_in_4bit=quantize)
-        meta = json.loads((Path(cfg.init_from) / "llava_compare.json").read_text())
-        model_cfg = {**meta["model"], "llm": {**meta["model"]["llm"], "load_in_4bit": quantize}}
+        meta = read_meta(cfg.init_from)
+        if "model" not in meta:
+            raise FileNotFoundError(f"init_from={cfg.init_from} is not a llava_compare stage output "
+                                    "(no llava_compare.json): pass the output_dir of a finished stage")
+        # structure from the earlier stage, attention / dtype / 4-bit from this stage's config
+        model_cfg = stage_model_config(meta["model"], OmegaConf.to_container(cfg.model),
+                                       cfg.get("overrides") or [], cfg.init_from)
+        model, processor = load_trained(cfg.init_from, merge=True, model_cfg=model_cfg)
         log.info("initialised from %s (stage %s)", cfg.init_from, meta.get("stage", {}).get("name"))
     else:
         model_cfg = OmegaConf.to_container(cfg.model)
