@@ -12,7 +12,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
-from .loading import builder_for, load_for_inference
+from .loading import builder_for, load
 
 
 def question_sample(prompt: str, images: list[Any]) -> Sample:
@@ -44,7 +44,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    model, processor = load_for_inference(args.model)
+    model, processor, _ = load(args.model)
     builder = builder_for(args.model, processor)
     streamer = None
     if getattr(args, "stream", False):

@@ -38,7 +38,8 @@ from typing import Any
 
 from PIL import Image as PILImage
 
-from ..data.formats import SourceSpec, join_image_path, load_rows, read_samples, resolve_data_files
+from ..data.formats import SourceSpec, load_rows, read_samples, resolve_data_files
+from ..data.rows import join_image_path
 from ..data.sample import IMAGE_PLACEHOLDER, DataError, Message, Sample
 
 log = logging.getLogger(__name__)

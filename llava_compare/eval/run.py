@@ -191,11 +191,11 @@ def model_info(ref: str) -> dict[str, Any]:
 def run_cli(args: argparse.Namespace) -> int:
     from .formats import read_eval_data
     from .report import wandb_wanted
-    from ..loading import builder_for, load_for_inference
+    from ..loading import builder_for, load
 
     data = read_eval_data(args.data, args.format, split=args.split, image_root=args.image_root,
                           max_items=args.max_items)
-    model, processor = load_for_inference(args.model)
+    model, processor, _ = load(args.model)
     info = {"command": command_line(args), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model_info(args.model), "data": data.info}
     use_wandb = wandb_wanted(args.wandb, args.wandb_project)

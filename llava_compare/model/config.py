@@ -39,7 +39,6 @@ class LlavaCompareConfig(PreTrainedConfig):
     compressor: dict | None = None
     image_token_id: int = 32000
     vision_feature_layer: int = -2
-    freeze_vision: bool = True
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any):

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from ..data.pipeline import make_builder
-from ..loading import load_trained, read_meta, unwrap
+from ..loading import load, stage_meta, unwrap
 from ..data.collator import CompareCollator
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
@@ -74,14 +74,16 @@ def ensure_synth_data(cfg: DictConfig) -> None:
 def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The model to train: from ``init_from`` (a previous stage's output) or built from config."""
     if cfg.init_from:
-        meta = read_meta(cfg.init_from)
+        meta = stage_meta(cfg.init_from)
         if "model" not in meta:
-            raise FileNotFoundError(f"init_from={cfg.init_from} is not a llava_compare stage output "
-                                    "(no llava_compare.json): pass the output_dir of a finished stage")
+            raise ValueError(f"init_from={cfg.init_from} has no llava_compare.json with the model config: "
+                             "give a stage output, one of its checkpoint-N folders or a llava_compare export")
         # structure from the earlier stage, attention / dtype / 4-bit from this stage's config
+        # (checked before any weight is loaded: a conflicting override fails at once)
         model_cfg = stage_model_config(meta["model"], OmegaConf.to_container(cfg.model),
                                        cfg.get("overrides") or [], cfg.init_from)
-        model, processor = load_trained(cfg.init_from, merge=True, model_cfg=model_cfg)
+        model, processor, _ = load(cfg.init_from, merge=True, load_in_4bit=model_cfg["llm"]["load_in_4bit"],
+                                   runtime={k: model_cfg[k] for k in ("dtype", "attn_implementation")})
         log.info("initialised from %s (stage %s)", cfg.init_from, meta.get("stage", {}).get("name"))
     else:
         model_cfg = OmegaConf.to_container(cfg.model)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from llava_compare.data import checks
-from llava_compare.data.formats import SourceSpec, make_context, parse_row, read_samples
+from llava_compare.data.formats import SourceSpec, make_context, read_samples
+from llava_compare.data.rows import parse_row
 from llava_compare.data.problems import ProblemLog
 from llava_compare.data.sample import DataError, Message, Sample
 

@@ -386,7 +386,7 @@ def test_no_merge_export_keeps_a_peft_adapter(stage2, images, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from llava_compare.loading import load_for_inference
+    from llava_compare.loading import load
 
     stage_dir, trained, processor, builder = stage2
     out = tmp_path / "adapter_export"
@@ -405,7 +405,7 @@ def test_no_merge_export_keeps_a_peft_adapter(stage2, images, tmp_path):
     assert float((logits_of(base, ids, pixels) - reference).abs().max()) > 1e-3  # LoRA matters
     with_adapter = PeftModel.from_pretrained(base, str(out), subfolder="adapter")
     assert max_diff(logits_of(with_adapter, ids, pixels), reference, "1-native-adapter") < ATOL
-    model, proc = load_for_inference(out)  # generate/eval merge it themselves
+    model, proc, _ = load(out)  # generate/eval merge it themselves
     assert max_diff(logits_of(model, ids, pixels), reference, "1-native-adapter-merged") < ATOL
 
 

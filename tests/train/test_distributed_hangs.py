@@ -62,9 +62,9 @@ def test_end_of_run_eval_runs_on_every_rank_and_matches_one_process(synth_dir, t
     # the same trained model scored in one process gives the same records
     from llava_compare.data.formats import SourceSpec, read_sources
     from llava_compare.eval.run import evaluate_samples
-    from llava_compare.loading import builder_for, load_trained
+    from llava_compare.loading import builder_for, load
 
-    model, processor = load_trained(out)
+    model, processor, _ = load(out)
     samples = read_sources([SourceSpec(path=str(synth_dir / "eval.json"), max_samples=7)], on_error="skip")
     evaluate_samples(model, processor, builder_for(str(out), processor), samples, tmp_path / "single",
                      max_new_tokens=6, progress=False)
