@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .data.conversation import ConversationBuilder
+from .data.pipeline import data_builder
 from .data.processor import LlavaCompareProcessor
 from .model.build import DTYPES, build_model, quantization_config, resolve_attn_implementation
 from .model.lora import add_lora
@@ -224,8 +225,4 @@ def training_config(model_dir: str | Path) -> dict[str, Any]:
 def builder_for(model_dir: str | Path, processor: LlavaCompareProcessor,
                 image_marker: str | None = None) -> ConversationBuilder:
     """The conversation builder the model was trained with (template, markers, system prompt)."""
-    data = training_config(model_dir).get("data", {})
-    marker_on = (image_marker or data.get("image_marker", "interleaved")) == "interleaved"
-    return ConversationBuilder(processor.tokenizer, data.get("conversation_template", "auto"),
-                               data.get("marker_template", "Image {k}: ") if marker_on else None,
-                               data.get("system_prompt"))
+    return data_builder(training_config(model_dir).get("data", {}), processor, image_marker)

@@ -71,3 +71,26 @@ def test_init_from_a_checkpoint_and_a_chain_of_lora_stages(stage2_run, synth_dir
     reloaded, _, meta = load(result.output_dir)
     assert meta["init_from"] == str(ckpt)
     assert_same(weights(reloaded), trained)
+
+
+def test_inference_builds_prompts_with_the_training_data_settings(tiny, tmp_path):
+    """``builder_for`` (generate / eval / export) and training share one reader of the ``data``
+    settings: same template, markers and system prompt, and the same refusal of a bad setting."""
+    import json
+
+    from llava_compare.data.pipeline import make_builder
+    from llava_compare.loading import builder_for
+    from llava_compare.train.config import compose_config
+
+    _, processor = tiny
+    cfg = compose_config(["recipe=demo_stage2", "data.system_prompt=Be brief.", "data.marker_template='Pic {k}: '"])
+    meta = {"config": {"data": {k: cfg.data[k] for k in ("image_marker", "marker_template",
+                                                          "conversation_template", "system_prompt")}}}
+    (tmp_path / "llava_compare.json").write_text(json.dumps(meta))
+    trained, inferred = make_builder(cfg, processor), builder_for(tmp_path, processor)
+    assert vars(inferred) == vars(trained) and inferred.marker_template == "Pic {k}: "
+    assert builder_for(tmp_path, processor, image_marker="none").marker_template is None
+    meta["config"]["data"]["image_marker"] = "sometimes"
+    (tmp_path / "llava_compare.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="image_marker must be one of interleaved, none"):
+        builder_for(tmp_path, processor)

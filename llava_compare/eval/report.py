@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from ..data.processor import load_image
+from ..data.checks import load_image
 from ..data.sample import Sample
 from .metrics import is_mc, is_wrong
 

@@ -71,8 +71,9 @@ def batch_option_logliks(model: nn.Module, processor: LlavaCompareProcessor, bui
     answer_lens: list[int] = []
     counts: list[int] = []
     for sample, options in items:
-        prompt, _ = processor.expand_image_tokens(builder.encode_prompt(sample))
-        px = processor.preprocess_images(sample.images) if sample.images else None
+        enc = processor(conversation=sample, builder=builder, images=sample.images, add_generation_prompt=True,
+                        return_tensors=None)
+        prompt, px = enc["input_ids"][0], enc.get("pixel_values")
         for option in options:
             ans = builder.encode_answer(option)
             rows.append(prompt + ans)
@@ -107,9 +108,10 @@ def batch_generate(model: nn.Module, processor: LlavaCompareProcessor, builder: 
     """Greedy answers to each sample's last user turn, left-padded into one ``generate()`` call."""
     if not samples:
         return []
-    prompts = [processor.expand_image_tokens(builder.encode_prompt(s))[0] for s in samples]
-    batch = pad_rows(prompts, _pad_id(processor), "left")
-    pix = [processor.preprocess_images(s.images) for s in samples if s.images]
+    encoded = [processor(conversation=s, builder=builder, images=s.images, add_generation_prompt=True,
+                         return_tensors=None) for s in samples]
+    batch = pad_rows([enc["input_ids"][0] for enc in encoded], _pad_id(processor), "left")
+    pix = [enc["pixel_values"] for enc in encoded if "pixel_values" in enc]
     dev = _device(model)
     ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pix).to(dev) if pix else None,

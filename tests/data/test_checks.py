@@ -43,6 +43,23 @@ def test_image_checks_name_the_problem_sample_and_file(tmp_path):
         checks.check_image(str(cut), "s9")
 
 
+def test_inference_images_get_the_same_checks(tiny, tmp_path):
+    """The processor (generate, eval, exports) loads images with the training checks: a missing
+    or truncated file is a ``DataError`` naming it, not a bare PIL error."""
+    _, processor = tiny
+    good = tmp_path / "good.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(good)
+    noise = tmp_path / "noise.png"
+    Image.effect_noise((64, 64), 90).convert("RGB").save(noise)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(noise.read_bytes()[:300])
+    assert processor.preprocess_images([str(good), Image.open(good)]).shape[0] == 2
+    for bad, kind in ((tmp_path / "nope.png", "missing_image"), (cut, "bad_image")):
+        with pytest.raises(DataError, match=bad.name) as info:
+            processor.preprocess_images([str(good), str(bad)])
+        assert info.value.kind == kind
+
+
 def test_pil_decompression_bomb_is_image_too_large(tmp_path, monkeypatch):
     big = tmp_path / "big.png"
     Image.new("L", (100, 100)).save(big)

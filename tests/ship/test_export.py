@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -161,7 +162,7 @@ def test_remote_code_is_generated_from_the_package_and_standalone():
                 compressors.ResamplerCompressor, compressors.get_compressor):
         assert inspect.getsource(obj) in modeling_text
     assert inspect.getsource(processor_mod.LlavaCompareProcessor) in render("processing_llava_compare.py")
-    assert "IMAGE_PLACEHOLDER = '<image>'" in render("processing_llava_compare.py")
+    assert re.search(r"""IMAGE_PLACEHOLDER = ['"]<image>['"]""", render("processing_llava_compare.py"))
 
 
 @pytest.mark.parametrize("marker, system", [("Image {k}: ", None), ("Picture {k} -> ", "Be brief."), (None, "")])
