@@ -26,6 +26,7 @@ from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
+from ..inspection import log_example
 from .config import REPO_ROOT, compose_config
 from .filler import FillSkippedBatches, first_usable_sample
 from .init_from import stage_model_config
@@ -190,6 +191,8 @@ def run(cfg: DictConfig) -> RunResult:
     if rank() == 0:
         save_base(model, processor, cfg.output_dir, meta)
     train_set = make_dataset(cfg, processor, model=model)
+    if rank() == 0:  # one sample as the model sees it: template / marker mistakes show before step 1
+        log_example(train_set, log)
     model = configure_stage(model, cfg.stage, cfg.peft)
     if cfg.optim.gradient_checkpointing:
         unwrap(model).config.use_cache = False
