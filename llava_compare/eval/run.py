@@ -64,18 +64,13 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
                      wandb: bool = False, wandb_project: str | None = None,
                      skipped: Mapping[str, int] | None = None, judge: str | None = None) -> dict[str, Any]:
     """Score ``samples`` and return the summary; with ``out_dir``, write results.json,
-<<<<<<< HEAD
-    predictions.jsonl and report.html there. Samples from the training readers are taken as
-    ``mcq`` items (options -> multiple choice, none -> free form).
-
-    Under ``torchrun`` every rank must call this with the same samples: each scores a share
-    (``sharded.py``) and every rank returns the summary of all items."""
-=======
     predictions.jsonl, submission.json and report.html there. Samples from the training readers
     are taken as ``mcq`` items (options -> multiple choice, none -> free form). ``skipped``: rows
     the reader already dropped, by reason (reported with the ones dropped here). ``judge``: a
-    causal LM (folder or hub id) that also scores the free-form answers 0-5 (``eval.judge``)."""
->>>>>>> main
+    causal LM (folder or hub id) that also scores the free-form answers 0-5 (``eval.judge``).
+
+    Under ``torchrun`` every rank must call this with the same samples: each scores a share
+    (``sharded.py``) and every rank returns the summary of all items."""
     from . import report
 
     was_training = model.training
@@ -121,18 +116,11 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
             "data": {"paths": [s.path for s in specs], "format": "mcq", "skipped": dict(samples.skipped)}}
     first = world()[0] == 0
     summary = evaluate_samples(model, processor, make_builder(cfg, processor), samples,
-<<<<<<< HEAD
                                Path(cfg.output_dir) / "eval" if first else None, cfg.eval.max_new_tokens,
                                batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info,
-                               progress=first)
+                               skipped=samples.skipped, progress=first)
     if first:
         print(format_summary(summary), flush=True)
-=======
-                               Path(cfg.output_dir) / "eval", cfg.eval.max_new_tokens,
-                               batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info,
-                               skipped=samples.skipped)
-    print(format_summary(summary), flush=True)
->>>>>>> main
     return summary
 
 
