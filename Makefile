@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 # constraints.txt: the exact versions the suite passed on (pip freeze); pyproject.toml gives ranges.
 $(STAMP): pyproject.toml constraints.txt
@@ -36,6 +36,12 @@ test: $(STAMP)
 # Benchmarks print numbers; they are never timed test assertions.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+
+# One CUDA GPU, no downloads, ~5 min on an H100/H200: bf16 + FlashAttention-2 packing check and
+# stage-2 LoRA at LLaVA-1.5-7B shape (tokens/s, MFU, peak memory) for make bench's arms.
+# `python benchmarks/gpu_check.py --dry-run` runs the same code at toy size on a CPU (tested).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf outputs .pytest_cache
