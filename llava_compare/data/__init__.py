@@ -6,7 +6,8 @@
 * ``checks``      -- every per-sample check (roles, text, placeholders, images); ``problems`` counts them.
 * ``conversation``-- templates, ``Image k:`` markers, label masks; ``processor`` -- tokenizer + image
   processor, image-token expansion.
-* ``dataset``     -- token budget, skip-and-count; ``collator`` -- padding and packing;
+* ``dataset``     -- token budget, skip-and-count; ``collator`` -- batching and packing;
+  ``padding`` -- the one padder (collator, processor, eval);
   ``feature_cache`` -- stage-1 ViT features; ``pipeline`` -- config -> conversation builder.
 
 Neighbours: the bottom layer; imports nothing else of ``llava_compare``. ``model`` builds on it

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import torch
 from transformers import DataCollatorWithFlattening
 
-from .conversation import IGNORE
 from .dataset import SkippedSample
+from .padding import pad_rows
 
 SKIP_STATS_KEY = "skip_stats"
 
@@ -33,10 +33,8 @@ SKIP_STATS_KEY = "skip_stats"
 class CompareCollator:
     """Batches encoded samples: padded ``[B, S]`` rows, or one flattened row with ``packing``."""
 
-    def __init__(self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None,
-                 report_skips: bool = False):
+    def __init__(self, pad_token_id: int, packing: bool = False, report_skips: bool = False):
         self.pad_token_id, self.packing = pad_token_id, packing
-        self.pad_to_multiple_of = pad_to_multiple_of  # padded batches only: a flattened row has no padding
         self.report_skips = report_skips
         self._flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True)
 
@@ -63,15 +61,9 @@ class CompareCollator:
 
     def _padded(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """``[B, S]`` right-padded to the longest sample, with its attention mask."""
-        width = max(len(it["input_ids"]) for it in items)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for r, it in enumerate(items):
-            n = len(it["input_ids"])
-            ids[r, :n], labels[r, :n], mask[r, :n] = it["input_ids"], it["labels"], 1
+        padded = pad_rows([it["input_ids"] for it in items], self.pad_token_id, "right",
+                          [it["labels"] for it in items])
+        ids, labels, mask = padded["input_ids"], padded["labels"], padded["attention_mask"]
         return {"input_ids": ids, "labels": labels, "attention_mask": mask,
                 "sample_ids": [str(it.get("sample_id")) for it in items], **_images(items)}
 

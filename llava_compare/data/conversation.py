@@ -19,11 +19,11 @@ from typing import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from .checks import check_conversation
+from .padding import IGNORE
 from .sample import IMAGE_PLACEHOLDER, DataError, Message, Sample
 
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-IGNORE = -100
 
 
 @dataclass

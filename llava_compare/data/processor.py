@@ -18,6 +18,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 
 from .checks import load_image
+from .padding import pad_rows
 from .sample import IMAGE_PLACEHOLDER
 
 
@@ -76,7 +77,9 @@ class LlavaCompareProcessor(ProcessorMixin):
                              f"{len(images)} images were given")
         enc = self.tokenizer(texts, add_special_tokens=add_special_tokens, **kwargs)
         rows = [self.expand_image_tokens(ids)[0] for ids in enc["input_ids"]]
-        data: dict[str, Any] = _pad_left(rows, self.tokenizer.pad_token_id)
+        # Left padding: generation appends at the right, so prompts must end aligned.
+        padded = pad_rows(rows, self.tokenizer.pad_token_id, "left")
+        data: dict[str, Any] = {k: padded[k].tolist() for k in ("input_ids", "attention_mask")}
         if images:
             data["pixel_values"] = self.preprocess_images(images)
         return BatchFeature(data, tensor_type=return_tensors)
@@ -104,10 +107,3 @@ class LlavaCompareProcessor(ProcessorMixin):
     def decode(self, *args: Any, **kwargs: Any) -> str:
         return self.tokenizer.decode(*args, **kwargs)
 
-
-def _pad_left(rows: list[list[int]], pad_id: int) -> dict[str, list[list[int]]]:
-    """Left padding: generation appends at the right, so prompts must end aligned."""
-    width = max((len(r) for r in rows), default=0)
-    ids = [[pad_id] * (width - len(r)) + r for r in rows]
-    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
-    return {"input_ids": ids, "attention_mask": mask}

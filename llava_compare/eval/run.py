@@ -28,12 +28,13 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from ..data.conversation import ConversationBuilder
+from ..data.padding import PADDING_SIDES
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import Sample
 from .benchmarks import PROMPT_STYLES
 from .formats import EVAL_FORMATS
 from .metrics import format_summary, normalize, summarize, token_f1  # noqa: F401  (public API)
-from .scoring import (MODES, PADDING_SIDES, batch_option_logliks, ensure_prepared, prepare_all,
+from .scoring import (MODES, batch_option_logliks, ensure_prepared, prepare_all,
                            score_items)
 from .sharded import score_on_all_ranks, world
 

@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from ..data.conversation import IGNORE, ConversationBuilder
+from ..data.padding import pad_rows
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import DataError, Sample
 from .formats import LETTERS, is_labelled, prepare_llava_item
 from .metrics import normalize, token_f1
 
 MODES = ("loglik", "generate")
-PADDING_SIDES = ("right", "left")
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -43,25 +43,6 @@ def _device(model: nn.Module) -> torch.device:
 def _dtype(model: nn.Module) -> torch.dtype:
     """The dtype pixels go in as (the model's floating dtype: bf16 on GPU inference)."""
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right",
-             labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor | None]:
-    """Pad token rows to one width. Left padding also returns ``position_ids`` counted over real
-    tokens only (pads get 0), so a left-padded row sees exactly the positions it has unpadded."""
-    if side not in PADDING_SIDES:
-        raise ValueError(f"padding side must be one of {PADDING_SIDES}, got {side!r}")
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    lab = torch.full_like(ids, IGNORE) if labels is not None else None
-    for i, r in enumerate(rows):
-        sl = slice(width - len(r), width) if side == "left" else slice(0, len(r))
-        ids[i, sl], mask[i, sl] = torch.tensor(list(r), dtype=torch.long), 1
-        if lab is not None:
-            lab[i, sl] = torch.tensor(list(labels[i]), dtype=torch.long)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0) if side == "left" else None
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "labels": lab}
 
 
 def _pad_id(processor: LlavaCompareProcessor) -> int:

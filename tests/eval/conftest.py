@@ -115,7 +115,7 @@ def bright_model():
     """(model, processor, builder): the tiny fixed-seed model, 60 AdamW steps on brightness_items
     (ViT frozen, its features cached). The loss ends near 0.1: options are told apart by wide margins."""
     from llava_compare.data.conversation import ConversationBuilder
-    from llava_compare.eval.scoring import pad_rows
+    from llava_compare.data.padding import pad_rows
     from llava_compare.model.build import build_model
     from tests.conftest import tiny_model_cfg
 

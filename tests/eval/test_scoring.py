@@ -9,7 +9,8 @@ from PIL import Image
 from llava_compare.data.conversation import ConversationBuilder
 from llava_compare.eval.formats import parse_table_row
 from llava_compare.eval.metrics import summarize
-from llava_compare.eval.scoring import batch_option_logliks, pad_rows, score_items
+from llava_compare.data.padding import pad_rows
+from llava_compare.eval.scoring import batch_option_logliks, score_items
 
 
 def mixed_items(n=7):
@@ -106,3 +107,15 @@ def test_option_scoring_encodes_each_items_images_once(setup, unbatched):
     assert len(encoded) == 1 and encoded[0] == sum(len(s.images) for s in items), encoded
     torch.testing.assert_close(torch.tensor([x for r in batched for x in r]),
                                torch.tensor([x for r in single for x in r]), rtol=0, atol=1e-4)
+
+
+def test_one_padder_serves_the_collator_and_the_processor():
+    """Training batches and the processor's batched prompts pad through data.padding.pad_rows."""
+    from llava_compare.data.collator import CompareCollator
+
+    items = [{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]), "sample_id": "a"},
+             {"input_ids": torch.tensor([8]), "labels": torch.tensor([8]), "sample_id": "b"}]
+    batch = CompareCollator(pad_token_id=0)(items)
+    ref = pad_rows([[5, 6, 7], [8]], 0, "right", [[-100, 6, 7], [8]])
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert torch.equal(batch[key], ref[key]), key
