@@ -20,8 +20,8 @@ def losses(out):
 def test_cached_stage1_matches_uncached_and_skips_the_vit(synth_dir, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     args = ("optim.lr=1e-2", "optim.epochs=2", "optim.max_steps=12")
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "plain", 12, *args))
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "cached", 12, *args, f"data.feature_cache={cache}"))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "plain", 12, *args))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "cached", 12, *args, f"data.feature_cache={cache}"))
     assert losses(tmp_path / "cached") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
     assert len(list(cache.glob("*/rank000-*.safetensors"))) >= 1
 
@@ -29,7 +29,7 @@ def test_cached_stage1_matches_uncached_and_skips_the_vit(synth_dir, tmp_path, m
         raise AssertionError("the ViT ran although its features are cached")
 
     monkeypatch.setattr(CLIPVisionModel, "forward", no_vit)
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "rerun", 12, *args, f"data.feature_cache={cache}"))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "rerun", 12, *args, f"data.feature_cache={cache}"))
     assert losses(tmp_path / "rerun") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
 
 
@@ -48,7 +48,7 @@ def test_fingerprint_changes_with_what_changes_features():
 
 
 def test_feature_cache_refuses_a_trainable_vit(synth_dir, tmp_path):
-    cfg = stage_cfg("demo_stage1", synth_dir, tmp_path / "x", 1, f"data.feature_cache={tmp_path}/c",
+    cfg = stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "x", 1, f"data.feature_cache={tmp_path}/c",
                     "stage.train_vision=true")
     with pytest.raises(ValueError, match="frozen ViT"):
         run(cfg)

@@ -5,7 +5,7 @@ import pytest
 from llava_compare.train.config import ConfigError, available_recipes, compose_config
 from llava_compare.train.main import training_args
 
-REQUIRED = {"demo_stage1", "demo_stage2", "stage1_align", "stage2_lora"}
+REQUIRED = {"tiny_demo_stage1", "tiny_demo_stage2", "stage1_align", "stage2_lora"}
 
 
 def test_required_recipes_ship():
@@ -32,11 +32,11 @@ def test_llava15_numbers():
 
 
 def test_demo_stage2_starts_where_demo_stage1_writes():
-    assert compose_config(["recipe=demo_stage2"]).init_from == compose_config(["recipe=demo_stage1"]).output_dir
+    assert compose_config(["recipe=tiny_demo_stage2"]).init_from == compose_config(["recipe=tiny_demo_stage1"]).output_dir
 
 
 def test_overrides_apply():
-    cfg = compose_config(["recipe=demo_stage1", "optim.lr=0.5", "model/compressor=resampler",
+    cfg = compose_config(["recipe=tiny_demo_stage1", "optim.lr=0.5", "model/compressor=resampler",
                           "model.compressor.num_queries=8"])
     assert cfg.optim.lr == 0.5
     assert dict(cfg.model.compressor) == {"type": "resampler", "num_queries": 8, "depth": 2, "heads": 8}
@@ -44,16 +44,16 @@ def test_overrides_apply():
 
 def test_misspelled_key_lists_valid_keys():
     with pytest.raises(ConfigError, match="valid keys under optim: .*llm_lr"):
-        compose_config(["recipe=demo_stage1", "optim.lrr=1"])
+        compose_config(["recipe=tiny_demo_stage1", "optim.lrr=1"])
 
 
 def test_unknown_recipe_lists_available():
-    with pytest.raises(ConfigError, match="available: .*demo_stage1"):
+    with pytest.raises(ConfigError, match="available: .*tiny_demo_stage1"):
         compose_config(["recipe=nope"])
 
 
 def test_global_batch_must_divide():
-    cfg = compose_config(["recipe=demo_stage1", "optim.per_device_batch_size=3", "optim.global_batch_size=16"])
+    cfg = compose_config(["recipe=tiny_demo_stage1", "optim.per_device_batch_size=3", "optim.global_batch_size=16"])
     with pytest.raises(ValueError, match="not a multiple"):
         training_args(cfg)
 
