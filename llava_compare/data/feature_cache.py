@@ -43,13 +43,24 @@ def image_key(image: Any) -> str:
     return hashlib.sha1(raw).hexdigest()
 
 
+def _autocast() -> str | None:
+    """The autocast precision the features are computed under (bf16 features differ), if any."""
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            return f"{device}:{torch.get_autocast_dtype(device)}"
+    return None
+
+
 def fingerprint(model: Any, processor: Any) -> str:
-    """Hash of what determines the features: ViT config + id + weights, feature layer, preprocessing."""
+    """Hash of what determines the features: ViT config + id + weights, feature layer, preprocessing
+    (and the autocast precision, when the cache is built under one)."""
     h = hashlib.sha256()
     vision = model.config.vision_config
-    h.update(json.dumps({"vision": vision.to_dict(), "layer": model.config.vision_feature_layer,
-                         "image_processor": processor.image_processor.to_dict()},
-                        sort_keys=True, default=str).encode())
+    meta = {"vision": vision.to_dict(), "layer": model.config.vision_feature_layer,
+            "image_processor": processor.image_processor.to_dict()}
+    if _autocast():
+        meta["autocast"] = _autocast()
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, p in sorted(model.vision_tower.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().float().cpu().numpy().tobytes())
@@ -100,7 +111,7 @@ def _compute_share(model: Any, processor: Any, images: dict[str, Any], folder: P
             if not decoded:
                 continue
             pixels = processor.preprocess_images(list(decoded.values())).to(device)
-            feats = model.get_vision_features(pixels).cpu()  # [b, P, D_vis]
+            feats = model.get_vision_features(pixels).float().cpu()  # [b, P, D_vis]
             tensors.update({k: f.contiguous() for k, f in zip(decoded, feats)})
         save_file(tensors, str(folder / name))
         index.update({k: name for k in tensors})
