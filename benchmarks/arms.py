@@ -33,10 +33,10 @@ from torch.utils.data import DataLoader
 from llava_compare.data.collator import CompareCollator
 from llava_compare.data.dataset import CompareDataset
 from llava_compare.data.formats import SourceSpec, read_sources
-from llava_compare.data.synthetic import generate
+from llava_compare.synth import generate
 from llava_compare.model.build import build_model
 from llava_compare.train.config import compose_config
-from llava_compare.train.main import make_builder
+from llava_compare.data.pipeline import make_builder
 from llava_compare.train.stages import configure_stage
 
 # Tiny widths at real geometry. One place: every arm, the test and the paper-scale table read it.
@@ -161,7 +161,7 @@ def to_llava_hf(model: torch.nn.Module) -> torch.nn.Module:
     config and weight mapping), ViT frozen like ours."""
     from transformers import LlavaForConditionalGeneration
 
-    from llava_compare.export import llava_hf_config, llava_hf_state_dict
+    from llava_compare.ship.llava_hf import llava_hf_config, llava_hf_state_dict
 
     attn = model.config.text_config._attn_implementation
     hf = LlavaForConditionalGeneration._from_config(llava_hf_config(model.config), attn_implementation=attn)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 
 def _synth_cli(sub: argparse._SubParsersAction) -> None:
-    from .data import synthetic
+    from .synth import generator as synthetic
 
     p = sub.add_parser("synth", help="write synthetic comparison data")
     synthetic.add_arguments(p)
@@ -20,7 +20,10 @@ def _synth_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import evaluate, export, generate, projector_import, validate
+    from . import generate, validate
+    from .ship import export
+    from .model import projector_import
+    from .eval import run as evaluate
 
     parser = argparse.ArgumentParser(prog="llava-compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,50 +12,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
-
-
-def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
-    """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
-    an export folder or a hub id. LoRA is merged; the model is in eval mode."""
-    from .checkpoint import META, TRAINABLE, load_named, load_trained
-    from .export import is_export, load_exported
-
-    path = Path(ref)
-    if (path / META).is_file() and not is_export(path):  # a finished stage
-        model, processor = load_trained(path, merge=False)
-    elif (path / TRAINABLE).is_file() and (path.parent / META).is_file():  # a mid-run checkpoint
-        from safetensors.torch import load_file
-
-        model, processor = load_trained(path.parent, merge=False)
-        load_named(model, load_file(str(path / TRAINABLE)))
-    else:  # an export folder or a hub id (native, remote-code, llava-hf, or base + adapter/)
-        return load_exported(ref)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    return model.eval(), processor
-
-
-def training_config(model_dir: str | Path) -> dict[str, Any]:
-    """The resolved training config saved with a stage output ({} for other folders)."""
-    for folder in (Path(model_dir), Path(model_dir).parent):  # a stage output or one of its checkpoints
-        meta = folder / "llava_compare.json"
-        if meta.is_file():
-            return json.loads(meta.read_text()).get("config", {})
-    if not Path(model_dir).exists():  # a hub id: its export carries llava_compare.json
-        from .export import read_meta
-
-        return read_meta(model_dir).get("config", {})
-    return {}
-
-
-def builder_for(model_dir: str | Path, processor: LlavaCompareProcessor,
-                image_marker: str | None = None) -> ConversationBuilder:
-    """The conversation builder the model was trained with (template, markers, system prompt)."""
-    data = training_config(model_dir).get("data", {})
-    marker_on = (image_marker or data.get("image_marker", "interleaved")) == "interleaved"
-    return ConversationBuilder(processor.tokenizer, data.get("conversation_template", "auto"),
-                               data.get("marker_template", "Image {k}: ") if marker_on else None,
-                               data.get("system_prompt"))
+from .loading import builder_for, load_for_inference
 
 
 def question_sample(prompt: str, images: list[Any]) -> Sample:

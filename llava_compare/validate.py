@@ -43,7 +43,7 @@ def make_checker(cfg: DictConfig) -> CompareDataset:
     """An empty training dataset of this config: its ``problems()`` are the training checks."""
     from .data.processor import LlavaCompareProcessor
     from .model.build import build_processor
-    from .train.main import make_builder
+    from .data.pipeline import make_builder
 
     processor = (LlavaCompareProcessor.from_pretrained(cfg.init_from) if cfg.init_from
                  else build_processor(OmegaConf.to_container(cfg.model)))

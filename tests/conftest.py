@@ -57,7 +57,7 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    from llava_compare.data.synthetic import generate
+    from llava_compare.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, n_train=40, n_eval=20, seed=0, image_size=32, n_captions=40)
@@ -89,7 +89,7 @@ def stage1_run(synth_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def stage2_run(stage1_run, synth_dir, tmp_path_factory):
     """(stage-1 model, RunResult) of a 30-step tiny LoRA stage 2 from ``stage1_run``."""
-    from llava_compare.checkpoint import load_trained
+    from llava_compare.loading import load_trained
     from llava_compare.train.main import run
 
     s1 = stage1_run[1]

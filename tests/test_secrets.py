@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llava_compare.export import export
+from llava_compare.ship.export import export
 from llava_compare.train.main import run
 from tests.conftest import stage_cfg
 

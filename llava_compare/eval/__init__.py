@@ -1,4 +1,4 @@
-"""Evaluation internals behind ``llava_compare.evaluate`` and ``llava-compare eval``.
+"""Evaluation: the ``llava-compare eval`` command (``run``) and its parts.
 
 * ``formats``  -- eval readers: ``mcq`` (LLaVA-format multiple choice, the synthetic ``eval.json``),
   ``qbench2`` (Q-Bench2 A1-pair rows), ``micbench`` (3-4 images), ``open`` (free-form answers).

@@ -19,9 +19,33 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..data.conversation import ConversationBuilder
-from ..data.sample import Sample
+from ..data.sample import Message, Sample
 from .metrics import format_summary, is_mc, summarize
-from .scoring import prepare_all, score_items
+from .scoring import batch_generate, prepare_all, score_items
+
+
+def prompt_sample(prompt: str, sample_id: str = "chat") -> Sample:
+    """A one-turn text-only sample to generate from (the assistant turn is a stand-in)."""
+    return Sample(sample_id, [Message("user", prompt), Message("assistant", "...")])
+
+
+def chat(model: Any, processor: Any, builder: ConversationBuilder, prompts: Sequence[str],
+         max_new_tokens: int = 48, batch_size: int = 16) -> list[tuple[str, bool]]:
+    """Greedy answers to text-only prompts: ``(text, finished)`` with ``finished`` False when the
+    answer was cut at ``max_new_tokens``."""
+    was_training = model.training
+    model.eval()
+    out: list[tuple[str, bool]] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            batch = [prompt_sample(p, f"chat-{i + j}") for j, p in enumerate(prompts[i:i + batch_size])]
+            long = batch_generate(model, processor, builder, batch, max_new_tokens + 1)
+            for text in long:
+                n = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+                out.append((text, n <= max_new_tokens))
+    finally:
+        model.train(was_training)
+    return out
 
 
 def agreement(generated: Sequence[dict[str, Any]], loglik: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -97,7 +121,6 @@ def user_report_run(cfg: Any, model: nn.Module, processor: Any, builder: Convers
     from omegaconf import OmegaConf
 
     from ..data.formats import SourceSpec, read_sources
-    from ..train.replay import chat
 
     specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data.eval]
     samples = read_sources(specs, on_error="skip")

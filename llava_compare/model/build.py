@@ -180,7 +180,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
     _set_generation_tokens(model, tokenizer)
     if model_cfg.get("compressor_init"):  # LLaVA-1.5's released stage-1 projector as the start
-        from ..projector_import import import_projector
+        from .projector_import import import_projector
 
         import_projector(model, model_cfg["compressor_init"])
     if quant is not None and not tcfg.get("name_or_path"):

@@ -19,14 +19,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
-from ..checkpoint import load_trained, save_base, save_trained, unwrap
+from ..data.pipeline import make_builder
+from ..loading import load_trained, unwrap
 from ..data.collator import CompareCollator
-from ..data.conversation import ConversationBuilder
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
 from .config import REPO_ROOT, compose_config
+from .outputs import save_base, save_trained
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
 from .calibration import calibrate_compressor
@@ -58,7 +59,7 @@ def ensure_synth_data(cfg: DictConfig) -> None:
         return
     done = Path(synth.dir) / "meta.json"
     if rank() == 0 and not done.is_file():
-        from ..data.synthetic import generate
+        from ..synth import generate
 
         log.info("generating synthetic data into %s", synth.dir)
         generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size,
@@ -131,14 +132,6 @@ def autocast(cfg: DictConfig) -> Any:
     """The training precision for work outside the Trainer (feature cache, replay, chat, eval)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(cfg))
-
-
-def make_builder(cfg: DictConfig, processor: Any) -> ConversationBuilder:
-    marker = cfg.data.marker_template if cfg.data.image_marker == "interleaved" else None
-    if cfg.data.image_marker not in ("interleaved", "none"):
-        raise ValueError(f"data.image_marker must be interleaved or none, got {cfg.data.image_marker!r}")
-    return ConversationBuilder(processor.tokenizer, cfg.data.conversation_template, marker,
-                               cfg.data.system_prompt)
 
 
 def training_args(cfg: DictConfig) -> TrainingArguments:
@@ -244,7 +237,7 @@ def run(cfg: DictConfig) -> RunResult:
             with autocast(cfg):
                 metrics["eval"] = user_report_run(cfg, unwrap(trainer.model), processor, builder, chats)
         elif cfg.eval.enabled and cfg.data.eval:
-            from ..evaluate import evaluate_run
+            from ..eval.run import evaluate_run
 
             metrics["eval"] = evaluate_run(cfg, unwrap(trainer.model), processor)
     return RunResult(Path(cfg.output_dir), trainer.model, metrics)

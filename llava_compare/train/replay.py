@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..data.conversation import ConversationBuilder
-from ..data.sample import Message, Sample
-from ..eval.scoring import batch_generate
+from ..eval.user_report import chat
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +31,6 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise ValueError(f"data.replay.prompts: {path} holds no prompts (one per line expected)")
     return prompts
-
-
-def prompt_sample(prompt: str, sample_id: str = "chat") -> Sample:
-    """A one-turn text-only sample to generate from (the assistant turn is a stand-in)."""
-    return Sample(sample_id, [Message("user", prompt), Message("assistant", "...")])
-
-
-def chat(model: Any, processor: Any, builder: ConversationBuilder, prompts: Sequence[str],
-         max_new_tokens: int = 48, batch_size: int = 16) -> list[tuple[str, bool]]:
-    """Greedy answers to text-only prompts: ``(text, finished)`` with ``finished`` False when the
-    answer was cut at ``max_new_tokens``."""
-    was_training = model.training
-    model.eval()
-    out: list[tuple[str, bool]] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            batch = [prompt_sample(p, f"chat-{i + j}") for j, p in enumerate(prompts[i:i + batch_size])]
-            long = batch_generate(model, processor, builder, batch, max_new_tokens + 1)
-            for text in long:
-                n = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-                out.append((text, n <= max_new_tokens))
-    finally:
-        model.train(was_training)
-    return out
 
 
 def _fingerprint(model: Any, prompts: Sequence[str], max_new_tokens: int) -> str:

@@ -20,7 +20,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..checkpoint import ADAPTER_DIR, COMPRESSOR, TRAINABLE
+from ..loading import ADAPTER_DIR, COMPRESSOR, TRAINABLE
 from .checkpoints import all_checkpoints, clear_staging, is_complete, newest_complete
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ LLM, compressor trainable, ViT frozen unless ``stage.train_vision`` (all of it, 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from ..model.lora import add_lora
 from ..model.vision import deepest_layer, encoder_layers
 
 log = logging.getLogger(__name__)
@@ -28,27 +28,6 @@ def component_of(param_name: str) -> str:
         if f"{comp}." in param_name or param_name.startswith(comp):
             return comp
     return "other"
-
-
-def lora_target_regex(model: nn.Module, target_modules: Any = "all-linear") -> str:
-    """A peft target regex matching the LLM's linear layers only (never the ViT, the compressor
-    or lm_head). ``all-linear`` or a list of leaf names such as ``[q_proj, v_proj]``."""
-    if target_modules == "all-linear":
-        names = {n.rsplit(".", 1)[-1] for n, m in model.language_model.named_modules()
-                 if isinstance(m, nn.Linear) and not n.endswith("lm_head")}
-    else:
-        names = set(target_modules)
-    alternatives = "|".join(sorted(re.escape(n) for n in names))
-    return rf"^language_model\.(?!lm_head).*\.({alternatives})$"
-
-
-def _add_lora(model: nn.Module, peft_cfg: Mapping[str, Any]) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=peft_cfg["r"], lora_alpha=peft_cfg["alpha"], lora_dropout=peft_cfg["dropout"],
-                     target_modules=lora_target_regex(model, peft_cfg.get("target_modules", "all-linear")),
-                     bias="none")
-    return get_peft_model(model, cfg)
 
 
 def configure_stage(model: nn.Module, stage: Mapping[str, Any], peft_cfg: Mapping[str, Any]) -> nn.Module:
@@ -69,7 +48,7 @@ def configure_stage(model: nn.Module, stage: Mapping[str, Any], peft_cfg: Mappin
         if peft_cfg.get("method", "lora") not in ("lora", "none"):
             raise ValueError(f"unknown peft.method {peft_cfg['method']!r}; valid: lora")
         compressor_flag = bool(stage["train_compressor"])
-        model = _add_lora(model, peft_cfg)  # peft freezes everything but the adapters...
+        model = add_lora(model, peft_cfg)  # peft freezes everything but the adapters...
         base = model.get_base_model()
         base.compressor.requires_grad_(compressor_flag)  # ...so re-enable what the stage trains
         set_vision_trainable(base.vision_tower, stage, feature_layer)

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from ..checkpoint import TRAINABLE, load_named
+from ..loading import TRAINABLE, load_named
 from ..data.collator import SKIP_STATS_KEY
 from .checkpoints import (clear_staging, commit, prune, read_marker, require_rng_files, staging_root,
                           write_marker)

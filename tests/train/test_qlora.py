@@ -4,7 +4,7 @@ train; the ViT, the compressor and lm_head stay full precision."""
 import bitsandbytes as bnb
 import torch
 
-from llava_compare.checkpoint import unwrap
+from llava_compare.loading import unwrap
 from llava_compare.train.main import run
 from tests.conftest import LORA, stage_cfg
 

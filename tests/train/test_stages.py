@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llava_compare.checkpoint import load_trained, unwrap
+from llava_compare.loading import load_trained, unwrap
 from llava_compare.model.build import build_model
 from llava_compare.train.config import compose_config
 from llava_compare.train.main import run

@@ -21,11 +21,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llava_compare.checkpoint import save_base, save_trained
+from llava_compare.train.outputs import save_base, save_trained
 from llava_compare.cli import main as cli_main
-from llava_compare.generate import builder_for, generate_answer, question_sample
+from llava_compare.generate import generate_answer, question_sample
+from llava_compare.loading import builder_for
 from llava_compare.model.build import build_model
-from llava_compare.remote_code import AUTO_MAP, BUNDLES, render
+from llava_compare.ship.remote_code import AUTO_MAP, BUNDLES, render
 from llava_compare.train.stages import configure_stage
 from tests.conftest import tiny_model_cfg
 
@@ -167,7 +168,7 @@ def test_remote_code_is_generated_from_the_package_and_standalone():
 def test_chat_template_renders_the_training_conversation(tiny, marker, system):
     from llava_compare.data.conversation import VICUNA_SYSTEM, ConversationBuilder
     from llava_compare.data.sample import Message, Sample
-    from llava_compare.export import vicuna_chat_template
+    from llava_compare.ship.chat_template import vicuna_chat_template
 
     tok = tiny[1].tokenizer
     builder = ConversationBuilder(tok, "vicuna_v1", marker, system)
@@ -385,7 +386,7 @@ def test_no_merge_export_keeps_a_peft_adapter(stage2, images, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from llava_compare.generate import load_for_inference
+    from llava_compare.loading import load_for_inference
 
     stage_dir, trained, processor, builder = stage2
     out = tmp_path / "adapter_export"

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import TINY_OVERRIDES, tiny_model_cfg
 from llava_compare.cli import main as cli_main
 from llava_compare.model.build import build_model
-from llava_compare.projector_import import ProjectorImportError, read_projector
+from llava_compare.model.projector_import import ProjectorImportError, read_projector
 
 VISION, TEXT = 32, 64  # the tiny model's ViT and LLM widths
 

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from llava_compare.checkpoint import load_trained
+from llava_compare.loading import load_trained
 from llava_compare.cli import main as cli_main
 from llava_compare.data.formats import SourceSpec, read_samples
-from llava_compare.evaluate import evaluate_run, evaluate_samples, option_logliks, summarize, token_f1
-from llava_compare.generate import builder_for
+from llava_compare.eval.run import evaluate_run, evaluate_samples, option_logliks, summarize, token_f1
+from llava_compare.loading import builder_for
 
 
 def test_token_f1_and_normalisation():

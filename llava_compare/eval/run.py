@@ -6,7 +6,7 @@ exact match and token F1. Accuracy is reported overall, per task and per questio
 accuracy`` is over the 2-image multiple-choice items (the demo's headline number), every task is
 also reported on its own next to its chance level.
 
-The pieces live in ``llava_compare.eval``: ``formats`` (mcq, qbench2, micbench, open readers),
+The pieces live beside this module: ``formats`` (mcq, qbench2, micbench, open readers),
 ``scoring`` (batched forward passes, parsing), ``metrics`` (summary) and ``report`` (results.json,
 predictions.jsonl, report.html, wandb). This module keeps the public API and the command line.
 """
@@ -23,12 +23,12 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from .data.conversation import ConversationBuilder
-from .data.processor import LlavaCompareProcessor
-from .data.sample import Sample
-from .eval.formats import EVAL_FORMATS
-from .eval.metrics import format_summary, normalize, summarize, token_f1  # noqa: F401  (public API)
-from .eval.scoring import (MODES, PADDING_SIDES, batch_option_logliks, ensure_prepared, prepare_all,
+from ..data.conversation import ConversationBuilder
+from ..data.processor import LlavaCompareProcessor
+from ..data.sample import Sample
+from .formats import EVAL_FORMATS
+from .metrics import format_summary, normalize, summarize, token_f1  # noqa: F401  (public API)
+from .scoring import (MODES, PADDING_SIDES, batch_option_logliks, ensure_prepared, prepare_all,
                            score_items)
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
     """Score ``samples`` and return the summary; with ``out_dir``, write results.json,
     predictions.jsonl and report.html there. Samples from the training readers are taken as
     ``mcq`` items (options -> multiple choice, none -> free form)."""
-    from .eval import report
+    from . import report
 
     was_training = model.training
     model.eval()
@@ -89,8 +89,8 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
     ``<output_dir>/eval/``."""
     from omegaconf import OmegaConf
 
-    from .data.formats import SourceSpec, read_sources
-    from .train.main import make_builder
+    from ..data.formats import SourceSpec, read_sources
+    from ..data.pipeline import make_builder
 
     specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data.eval]
     samples = read_sources(specs, on_error="skip")
@@ -167,7 +167,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def model_info(ref: str) -> dict[str, Any]:
-    from .generate import training_config
+    from ..loading import training_config
 
     path = Path(ref)
     kind = ("stage output" if (path / "llava_compare.json").is_file() else
@@ -181,9 +181,9 @@ def model_info(ref: str) -> dict[str, Any]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .eval.formats import read_eval_data
-    from .eval.report import wandb_wanted
-    from .generate import builder_for, load_for_inference
+    from .formats import read_eval_data
+    from .report import wandb_wanted
+    from ..loading import builder_for, load_for_inference
 
     data = read_eval_data(args.data, args.format, split=args.split, image_root=args.image_root,
                           max_items=args.max_items)

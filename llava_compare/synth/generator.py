@@ -17,7 +17,7 @@ Tasks: ``brightness`` / ``blur`` / ``count`` (2 images, "Image 1" or "Image 2"),
 Guarantees: the same seed gives byte-identical files; the correct option's position is balanced
 per task (and per image count); no eval image is byte-equal to any train or caption image.
 
-CLI: ``python -m llava_compare.data.synthetic OUT --train 2000 --eval 200 --seed 0``.
+CLI: ``python -m llava_compare.synth OUT --train 2000 --eval 200 --seed 0``.
 """
 
 from __future__ import annotations
@@ -806,7 +806,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m llava_compare.data.synthetic", description=__doc__.splitlines()[0]
+        prog="python -m llava_compare.synth", description=__doc__.splitlines()[0]
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

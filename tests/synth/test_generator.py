@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava_compare.data import synthetic
-from llava_compare.data.synthetic import TASKS, SynthConfig, generate
+from llava_compare.synth import generator as synthetic
+from llava_compare.synth.generator import TASKS, SynthConfig, generate
 
 N_TRAIN, N_EVAL = 60, 30
 MC_TASKS = ("brightness", "blur", "count", "sharpest")
