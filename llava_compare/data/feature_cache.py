@@ -142,17 +142,24 @@ def _readable_images(samples: Sequence[Any]) -> dict[str, Any]:
     return images
 
 
+def _image_set_hash(images: dict[str, Any]) -> str:
+    return hashlib.sha1("\n".join(sorted(images)).encode()).hexdigest()[:8]
+
+
 def build_feature_cache(model: Any, processor: Any, samples: Sequence[Any], root: str | Path,
                         rank: int = 0, world_size: int = 1, batch_size: int = 32,
                         timeout_s: float = 24 * 3600) -> FeatureCache:
-    """Compute this rank's share of the missing features, wait for the other ranks, open the cache."""
-    folder = Path(root) / fingerprint(model, processor)
+    """Compute this rank's share of the missing features, wait for the other ranks, open the cache.
+
+    The folder is ``<fingerprint>-<image set hash>``: a run over other images with the same ViT
+    (stage 2 after stage 1) gets its own folder instead of a complete-looking one without them."""
+    images = _readable_images(samples)
+    folder = Path(root) / f"{fingerprint(model, processor)}-{_image_set_hash(images)}"
     folder.mkdir(parents=True, exist_ok=True)
     done = list(folder.glob("index-rank*.json"))
     if done and len(done) >= 1 and (folder / "complete").is_file():
         log.info("feature cache: reading %s", folder)
         return FeatureCache(folder)
-    images = _readable_images(samples)
     mine = {k: v for k, v in images.items() if int(k, 16) % world_size == rank}
     (folder / f"index-rank{rank:03d}.json").unlink(missing_ok=True)  # a stale one would pass the barrier
     log.info("feature cache: computing %d of %d images into %s", len(mine), len(images), folder)

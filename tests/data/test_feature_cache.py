@@ -52,3 +52,19 @@ def test_feature_cache_refuses_a_trainable_vit(synth_dir, tmp_path):
                     "stage.train_vision=true")
     with pytest.raises(ValueError, match="frozen ViT"):
         run(cfg)
+
+
+def test_a_second_dataset_with_the_same_vit_gets_its_own_features(synth_dir, tmp_path, tiny):
+    """Stage 2 reads other images than stage 1 through the same frozen ViT: it must not open
+    stage 1's complete cache and miss every one of its images (issue 14's real demo hit this)."""
+    from llava_compare.data.feature_cache import build_feature_cache, image_key
+    from llava_compare.data.formats import SourceSpec, read_sources
+
+    model, processor = tiny
+    captions = read_sources([SourceSpec(path=str(synth_dir / "captions.json"))])
+    train = read_sources([SourceSpec(path=str(synth_dir / "train.json"))])
+    build_feature_cache(model, processor, captions, tmp_path / "cache")
+    second = build_feature_cache(model, processor, train, tmp_path / "cache")
+    for sample in train:
+        for im in sample.images:
+            assert image_key(im) in second, (sample.id, im)
