@@ -152,10 +152,23 @@ def build_feature_cache(model: Any, processor: Any, samples: Sequence[Any], root
     """Compute this rank's share of the missing features, wait for the other ranks, open the cache.
 
     The folder is ``<fingerprint>-<image set hash>``: a run over other images with the same ViT
-    (stage 2 after stage 1) gets its own folder instead of a complete-looking one without them."""
+    (stage 2 after stage 1) gets its own folder instead of a complete-looking one without them.
+    Single-process runs that share a folder (several seeds at once) take turns through a file
+    lock: the first computes, the others then read."""
     images = _readable_images(samples)
     folder = Path(root) / f"{fingerprint(model, processor)}-{_image_set_hash(images)}"
     folder.mkdir(parents=True, exist_ok=True)
+    if world_size > 1:  # ranks share the work; a lock held across the barrier could deadlock
+        return _build(model, processor, images, folder, rank, world_size, batch_size, timeout_s)
+    import fcntl
+
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _build(model, processor, images, folder, rank, world_size, batch_size, timeout_s)
+
+
+def _build(model: Any, processor: Any, images: dict[str, Any], folder: Path, rank: int, world_size: int,
+           batch_size: int, timeout_s: float) -> FeatureCache:
     done = list(folder.glob("index-rank*.json"))
     if done and len(done) >= 1 and (folder / "complete").is_file():
         log.info("feature cache: reading %s", folder)

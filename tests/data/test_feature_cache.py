@@ -68,3 +68,34 @@ def test_a_second_dataset_with_the_same_vit_gets_its_own_features(synth_dir, tmp
     for sample in train:
         for im in sample.images:
             assert image_key(im) in second, (sample.id, im)
+
+
+def test_concurrent_runs_sharing_a_cache_compute_each_image_once(synth_dir, tmp_path, tiny, monkeypatch):
+    """Several seeds started at once share ``data.feature_cache``: one computes, the others wait
+    and read (before the lock both computed into the same shard files)."""
+    import threading
+    import time as _time
+
+    from llava_compare.data.feature_cache import build_feature_cache
+    from llava_compare.data.formats import SourceSpec, read_sources
+
+    model, processor = tiny
+    samples = read_sources([SourceSpec(path=str(synth_dir / "captions.json"))])
+    seen, real = [], type(model).get_vision_features
+
+    def slow(self, pixels):
+        seen.append(pixels.shape[0])
+        _time.sleep(0.2)  # both runs are inside the computation at the same time
+        return real(self, pixels)
+
+    monkeypatch.setattr(type(model), "get_vision_features", slow)
+    results = []
+    runs = [threading.Thread(target=lambda: results.append(build_feature_cache(model, processor, samples, tmp_path)))
+            for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    n_images = len({im for s in samples for im in s.images})
+    assert sum(seen) == n_images
+    assert len(results) == 2 and all(len(r.index) == n_images for r in results)
