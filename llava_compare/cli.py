@@ -20,7 +20,8 @@ def _synth_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import generate, validate
+    from . import generate, inspection, validate
+    from .train.config import compose_config
     from .ship import export
     from .model import projector_import
     from .eval import run as evaluate
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train a stage: llava-compare train recipe=NAME key=value ...")
     _synth_cli(sub)
     validate.add_cli(sub)
+    inspection.add_cli(sub, compose_config)
     evaluate.add_cli(sub)
     generate.add_cli(sub)
     export.add_cli(sub)
@@ -44,7 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .train.main import main as train_main
 
         return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # "validate DATA --format owl recipe=NAME": argparse hands a positional list only the words
+    # before the first flag; the DATA / key=value words after flags belong to it too
+    if extra and hasattr(args, "items") and not any(e.startswith("-") for e in extra):
+        args.items = [*args.items, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.handler(args)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
-from .loading import builder_for, load_for_inference
+from .loading import builder_for, load
 
 
 def question_sample(prompt: str, images: list[Any]) -> Sample:
@@ -25,12 +25,9 @@ def question_sample(prompt: str, images: list[Any]) -> Sample:
 def generate_answer(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
                     sample: Sample, max_new_tokens: int = 32, streamer: Any = None) -> str:
     """Greedy answer to ``sample``'s last user turn (its final assistant turn is ignored)."""
-    prompt, _ = processor.expand_image_tokens(builder.encode_prompt(sample))
-    ids = torch.tensor([prompt])
-    pixels = processor.preprocess_images(sample.images) if sample.images else None
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
-                         max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
-    return processor.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    inputs = processor(conversation=sample, builder=builder, images=sample.images, add_generation_prompt=True)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+    return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +41,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    model, processor = load_for_inference(args.model)
+    model, processor, _ = load(args.model)
     builder = builder_for(args.model, processor)
     streamer = None
     if getattr(args, "stream", False):

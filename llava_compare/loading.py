@@ -11,6 +11,13 @@ A stage output folder (written by :mod:`llava_compare.train.outputs`) holds:
 - ``trainable.safetensors``: every parameter this stage trained (LoRA, compressor, ...);
 - ``adapter/adapter_config.json``: the LoRA config, when the stage used LoRA (in a subfolder:
   transformers treats an ``adapter_config.json`` beside ``config.json`` as a PEFT-only folder).
+A ``checkpoint-N`` folder inside it holds that step's ``trainable.safetensors``.
+
+:func:`load` is the one loader (train's ``init_from``, export, eval, generate). Its one rule for
+stage outputs: the model the stage started from (the base weights saved in the folder, else the
+``init_from`` it was trained from, loaded by this same rule, else the base rebuilt from the
+config), LoRA added as the stage added it, then the parameters the stage trained: those of
+``checkpoint-N`` for a checkpoint (finished run or not), the final ones for the stage folder.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .data.conversation import ConversationBuilder
+from .data.pipeline import data_builder
 from .data.processor import LlavaCompareProcessor
 from .model.build import build_model, quantization_config
 from .model.lora import add_lora
@@ -39,32 +47,8 @@ ADAPTER_DIR = "adapter"
 
 
 def unwrap(model: nn.Module) -> LlavaCompareForConditionalGeneration:
+    """The plain model inside a ``PeftModel`` (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def load_trained(path: str | Path, merge: bool = True, load_in_4bit: bool = False
-                 ) -> tuple[nn.Module, LlavaCompareProcessor]:
-    """Rebuild a stage output. With ``merge``, LoRA is merged into the LLM (plain model back).
-    ``load_in_4bit`` loads the LLM in 4-bit NF4 (QLoRA on top of a stage-1 output)."""
-    path = Path(path)
-    if not (path / META).is_file():
-        raise FileNotFoundError(f"{path} is not a llava_compare stage output (no {META}); "
-                                "pass the output_dir of a finished stage-1/stage-2 run")
-    meta = json.loads((path / META).read_text())
-    meta["model"]["llm"]["load_in_4bit"] = load_in_4bit
-    if (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
-        model = LlavaCompareForConditionalGeneration.from_pretrained(
-            path, quantization_config=quantization_config(meta["model"]))
-        processor = LlavaCompareProcessor.from_pretrained(path)
-    else:
-        # compressor_init is only a starting point: the trained compressor is loaded just below
-        model, processor = build_model({**meta["model"], "compressor_init": None})
-    model.compressor.load_state_dict(load_file(str(path / COMPRESSOR)))
-    if (path / ADAPTER_DIR / "adapter_config.json").is_file():
-        model = _load_lora(model, path, merge)
-    elif (path / TRAINABLE).is_file():
-        load_named(model, load_file(str(path / TRAINABLE)))
-    return model, processor
 
 
 def load_named(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -75,15 +59,8 @@ def load_named(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
-def _load_lora(model: nn.Module, path: Path, merge: bool) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(path / ADAPTER_DIR)))
-    load_named(peft_model, load_file(str(path / TRAINABLE)))
-    return peft_model.merge_and_unload() if merge else peft_model
-
-
-# --- stage outputs and checkpoints ------------------------------------------------------------------------
+# --- what a reference is ------------------------------------------------------------------------
 def is_export(path: str | Path) -> bool:
     """True for a folder this module wrote (its llava_compare.json has an ``export`` entry)."""
     meta = Path(path) / META
@@ -117,46 +94,67 @@ def resolve_checkpoint(ref: str | Path) -> tuple[Path, Path | None]:
         f"checkpoint-N folders ({TRAINABLE} in a stage output folder)")
 
 
-def _unfinished_base(stage_dir: Path) -> nn.Module:
-    """The model a not-yet-finished stage started from, with LoRA added as the stage adds it."""
+# --- the loader ---------------------------------------------------------------------------------
+def load(ref: str | Path, merge: bool = True, load_in_4bit: bool = False
+         ) -> tuple[nn.Module, LlavaCompareProcessor, dict[str, Any]]:
+    """(model, processor, meta) of a stage output, one of its ``checkpoint-N`` folders, an export
+    folder or a hub id; the model in eval mode. ``meta`` is the folder's ``llava_compare.json``
+    ({} when there is none).
+
+    With ``merge`` LoRA is merged into the LLM; without, a LoRA stage gives a ``PeftModel``
+    (exports are always merged). ``load_in_4bit`` loads a stage's LLM in 4-bit NF4 (QLoRA on
+    top of a previous stage).
+    """
+    path = Path(ref)
+    if (path / META).is_file() and not is_export(path) or (path / TRAINABLE).is_file():
+        stage_dir, ckpt = resolve_checkpoint(path)
+        model, processor, meta = _load_stage(stage_dir, ckpt, merge, load_in_4bit)
+    else:  # an export folder or a hub id (native, remote-code, llava-hf, or base + adapter/)
+        model, processor = _load_exported(ref)
+        meta = read_meta(ref)
+    return model.eval(), processor, meta
+
+
+def _load_stage(stage_dir: Path, ckpt: Path | None, merge: bool, load_in_4bit: bool
+                ) -> tuple[nn.Module, LlavaCompareProcessor, dict[str, Any]]:
     meta = json.loads((stage_dir / META).read_text())
-    if (stage_dir / "model.safetensors").is_file() or (stage_dir / "model.safetensors.index.json").is_file():
-        model = LlavaCompareForConditionalGeneration.from_pretrained(stage_dir)
-    elif meta.get("init_from") and (Path(meta["init_from"]) / META).is_file():
-        model, _ = load_trained(meta["init_from"], merge=True)
-    else:
-        model, _ = build_model({**meta["model"], "compressor_init": None})
+    finished = (stage_dir / COMPRESSOR).is_file()
+    if ckpt is None and not finished:
+        raise FileNotFoundError(f"{stage_dir} has not finished (no {COMPRESSOR}); pass one of its "
+                                "checkpoint-N folders instead")
+    model = _start_model(stage_dir, meta, load_in_4bit)
+    if finished and ckpt is None:  # the stage's own product (also right when it was not trained)
+        model.compressor.load_state_dict(load_file(str(stage_dir / COMPRESSOR)))
     if meta.get("stage", {}).get("train_llm") == "lora":
         model = add_lora(model, meta["peft"])
+    trained = (ckpt or stage_dir) / TRAINABLE
+    if trained.is_file():
+        load_named(model, load_file(str(trained)))
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    proc_dir = ckpt if ckpt is not None and (ckpt / "processor_config.json").is_file() else stage_dir
+    return model, LlavaCompareProcessor.from_pretrained(proc_dir), meta
+
+
+def _start_model(stage_dir: Path, meta: dict[str, Any], load_in_4bit: bool) -> nn.Module:
+    """The model a stage started from, before its LoRA (see the module docstring)."""
+    model_cfg = {**meta["model"], "llm": {**meta["model"]["llm"], "load_in_4bit": load_in_4bit}}
+    if (stage_dir / "model.safetensors").is_file() or (stage_dir / "model.safetensors.index.json").is_file():
+        return LlavaCompareForConditionalGeneration.from_pretrained(
+            stage_dir, quantization_config=quantization_config(model_cfg))
+    init_from = meta.get("init_from")
+    if init_from and ((Path(init_from) / META).is_file() or (Path(init_from) / TRAINABLE).is_file()):
+        return load(init_from, merge=True, load_in_4bit=load_in_4bit)[0]
+    if init_from:
+        log.warning("%s was trained from %s, which is gone: rebuilding its base from the config "
+                    "(anything %s trained besides the compressor is missing)", stage_dir, init_from, init_from)
+    init = model_cfg.get("compressor_init")
+    model, _ = build_model({**model_cfg, "compressor_init": init if init and Path(init).is_file() else None})
     return model
 
 
-def load_stage(ref: str | Path, merge: bool = True) -> tuple[nn.Module, LlavaCompareProcessor, Path]:
-    """(model, processor, stage folder) of a stage output or checkpoint-N folder, in eval mode.
-
-    With ``merge`` LoRA is merged into the LLM; without, a LoRA stage gives a ``PeftModel``.
-    A checkpoint of a run that has not finished yet (no ``compressor.safetensors`` / ``adapter/``
-    in its stage folder) is rebuilt from the stage's start model plus the checkpoint's parameters.
-    """
-    stage_dir, ckpt = resolve_checkpoint(ref)
-    if (stage_dir / COMPRESSOR).is_file():
-        model, processor = load_trained(stage_dir, merge=False)
-    elif ckpt is not None:
-        model = _unfinished_base(stage_dir)
-        processor = LlavaCompareProcessor.from_pretrained(ckpt if (ckpt / "processor_config.json").is_file()
-                                                          else stage_dir)
-    else:
-        raise FileNotFoundError(f"{stage_dir} has not finished (no {COMPRESSOR}); export one of its "
-                                "checkpoint-N folders instead")
-    if ckpt is not None:
-        load_named(model, load_file(str(ckpt / TRAINABLE)))
-    if merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    return model.eval(), processor, stage_dir
-
-
 # --- loading an export -----------------------------------------------------------------------------
-def load_exported(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
+def _load_exported(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
     """Model + processor from an export folder or hub id, LoRA merged, in eval mode.
 
     A ``llava-hf`` export's ``LlavaProcessor`` is wrapped as a ``LlavaCompareProcessor`` (same
@@ -186,27 +184,11 @@ def load_exported(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
     return model.eval(), processor
 
 
-# --- inference: any of the above -------------------------------------------------------------------
-def load_for_inference(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
-    """A model and processor from a stage output folder, one of its ``checkpoint-N`` folders,
-    an export folder or a hub id. LoRA is merged; the model is in eval mode."""
-    path = Path(ref)
-    if (path / META).is_file() and not is_export(path):  # a finished stage
-        model, processor = load_trained(path, merge=False)
-    elif (path / TRAINABLE).is_file() and (path.parent / META).is_file():  # a mid-run checkpoint
-        model, processor = load_trained(path.parent, merge=False)
-        load_named(model, load_file(str(path / TRAINABLE)))
-    else:  # an export folder or a hub id (native, remote-code, llava-hf, or base + adapter/)
-        return load_exported(ref)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    return model.eval(), processor
-
-
+# --- how the model was prompted in training -----------------------------------------------------
 def training_config(model_dir: str | Path) -> dict[str, Any]:
     """The resolved training config saved with a stage output ({} for other folders)."""
     for folder in (Path(model_dir), Path(model_dir).parent):  # a stage output or one of its checkpoints
-        meta = folder / "llava_compare.json"
+        meta = folder / META
         if meta.is_file():
             return json.loads(meta.read_text()).get("config", {})
     if not Path(model_dir).exists():  # a hub id: its export carries llava_compare.json
@@ -217,8 +199,4 @@ def training_config(model_dir: str | Path) -> dict[str, Any]:
 def builder_for(model_dir: str | Path, processor: LlavaCompareProcessor,
                 image_marker: str | None = None) -> ConversationBuilder:
     """The conversation builder the model was trained with (template, markers, system prompt)."""
-    data = training_config(model_dir).get("data", {})
-    marker_on = (image_marker or data.get("image_marker", "interleaved")) == "interleaved"
-    return ConversationBuilder(processor.tokenizer, data.get("conversation_template", "auto"),
-                               data.get("marker_template", "Image {k}: ") if marker_on else None,
-                               data.get("system_prompt"))
+    return data_builder(training_config(model_dir).get("data", {}), processor, image_marker)

@@ -41,14 +41,9 @@ def source_specs(cfg: DictConfig, paths: Sequence[str], fmt: str, image_root: st
 
 def make_checker(cfg: DictConfig) -> CompareDataset:
     """An empty training dataset of this config: its ``problems()`` are the training checks."""
-    from .data.processor import LlavaCompareProcessor
-    from .model.build import build_processor
-    from .data.pipeline import make_builder
+    from .inspection import config_dataset
 
-    processor = (LlavaCompareProcessor.from_pretrained(cfg.init_from) if cfg.init_from
-                 else build_processor(OmegaConf.to_container(cfg.model)))
-    return CompareDataset([], processor, make_builder(cfg, processor), cfg.data.max_length,
-                          max_image_pixels=cfg.data.max_image_pixels)
+    return config_dataset(cfg)
 
 
 def check_samples(samples: Sequence[Any], checker: CompareDataset, progress: bool = True) -> tuple[ProblemLog, int]:
@@ -106,8 +101,12 @@ def run_cli(args: argparse.Namespace) -> int:
 
     # A DATA path is anything that is not key=value, or an existing file whose name holds a '='.
     paths = [i for i in args.items if "=" not in i or Path(i).exists()]
-    cfg = compose_config([i for i in args.items if i not in paths])
-    report = validate(cfg, source_specs(cfg, paths, args.format, args.image_root), progress=not args.no_progress)
+    try:
+        cfg = compose_config([i for i in args.items if i not in paths])
+        report = validate(cfg, source_specs(cfg, paths, args.format, args.image_root), progress=not args.no_progress)
+    except FileNotFoundError as err:  # a missing data file or init_from: one line, not a traceback
+        print(f"validate: {err}", file=sys.stderr)
+        return 2
     # backslashreplace: a sample id with undecodable bytes must not crash the report itself
     print(format_report(report).encode("utf-8", "backslashreplace").decode("utf-8"))
     if args.json_path:
@@ -126,7 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llava_compare.validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run_cli(parser.parse_args(argv))
+    args, extra = parser.parse_known_args(argv)
+    if any(e.startswith("-") for e in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.items = [*args.items, *extra]  # DATA / key=value words after a flag (see cli.main)
+    return run_cli(args)
 
 
 if __name__ == "__main__":

@@ -89,11 +89,11 @@ def stage1_run(synth_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def stage2_run(stage1_run, synth_dir, tmp_path_factory):
     """(stage-1 model, RunResult) of a 30-step tiny LoRA stage 2 from ``stage1_run``."""
-    from llava_compare.loading import load_trained
+    from llava_compare.loading import load
     from llava_compare.train.main import run
 
     s1 = stage1_run[1]
-    start, _ = load_trained(s1.output_dir)
+    start, _, _ = load(s1.output_dir)
     cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path_factory.mktemp("stage2"), 30,
                     f"init_from={s1.output_dir}", "optim.lr=3e-3", "optim.llm_lr=3e-3", *LORA)
     return start, run(cfg)

@@ -64,7 +64,7 @@ def test_converted_folders_load_as_ordinary_transformers_models(offline_cache):
 
 def test_demo_recipes_train_export_reload_and_generate(offline_cache, synth_dir, tmp_path):
     from llava_compare.generate import generate_answer, question_sample
-    from llava_compare.loading import builder_for, load_for_inference
+    from llava_compare.loading import builder_for, load
     from llava_compare.ship.export import export
     from llava_compare.train.config import compose_config
     from llava_compare.train.main import run
@@ -90,7 +90,7 @@ def test_demo_recipes_train_export_reload_and_generate(offline_cache, synth_dir,
 
     out = export(tmp_path / "s2", tmp_path / "export")
     assert "Apache-2.0" in (out / "README.md").read_text()  # the licences of the weights inside
-    model, processor = load_for_inference(out)
+    model, processor, _ = load(out)
     assert type(model.vision_tower).__name__ == "Dinov2Model"
     images = json.loads((synth_dir / "eval.json").read_text())[0]["image"]
     sample = question_sample("Which image is brighter? Answer with Image 1 or Image 2.",

@@ -58,3 +58,25 @@ def test_budget_comes_from_the_recipe(bad):
     assert tight["settings"]["tokens_per_image"] == 64
     too_long = {e["sample_id"] for e in tight["by_kind"]["too_long"]["examples"]}
     assert set(bad.good_ids) <= too_long  # 2 images x 64 tokens > 96
+
+
+def test_overrides_after_flags_are_accepted(tmp_path, capsys):
+    """``validate DATA --format llava recipe=NAME`` used to die in argparse ("unrecognized arguments")."""
+    clean = write_bad_dataset(tmp_path, only=set())
+    assert cli_main(["validate", str(clean.path), "--format", "llava", "recipe=tiny_demo_stage2", "init_from=null",
+                     "--no-progress", "data.max_length=4096"]) == 0
+    assert validate.main([str(clean.path), "--no-progress", "data.max_length=4096"]) == 0
+    with pytest.raises(SystemExit):  # a real unknown flag is still refused
+        cli_main(["validate", str(clean.path), "--no-such-flag"])
+    assert "6 rows in" in capsys.readouterr().out
+
+
+def test_missing_init_from_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
+    """``validate ... recipe=tiny_demo_stage2`` from another folder: init_from (outputs/tiny_demo/stage1) is not
+    there. It used to end in an HFValidationError traceback."""
+    clean = write_bad_dataset(tmp_path / "data", only=set())
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["validate", str(clean.path), "recipe=tiny_demo_stage2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("validate: init_from 'outputs/tiny_demo/stage1' does not exist")
+    assert str(tmp_path) in err

@@ -110,7 +110,7 @@ def pixel_limit(max_pixels: int | None = None) -> int | None:
     return max_pixels or Image.MAX_IMAGE_PIXELS
 
 
-def _too_large(size: tuple[int, int], limit: int | None, label: str, sample_id: str) -> DataError | None:
+def _too_large(size: tuple[int, int], limit: int | None, label: str, sample_id: str | None) -> DataError | None:
     if limit and size[0] * size[1] > limit:
         return DataError(f"image {label} is {size[0]}x{size[1]} = {size[0] * size[1]} pixels, over the limit of "
                          f"{limit} (possible decompression bomb); resize it or raise data.max_image_pixels",
@@ -118,7 +118,7 @@ def _too_large(size: tuple[int, int], limit: int | None, label: str, sample_id: 
     return None
 
 
-def _open(path: str, sample_id: str) -> Image.Image:
+def _open(path: str, sample_id: str | None) -> Image.Image:
     if not os.path.isfile(path):
         raise DataError(f"image file not found: {path}", sample_id, "missing_image")
     with warnings.catch_warnings():  # our own size check below says it better than PIL's warning
@@ -132,7 +132,7 @@ def _open(path: str, sample_id: str) -> Image.Image:
                             "bad_image") from err
 
 
-def load_image(image: Any, sample_id: str, max_pixels: int | None = None) -> Image.Image:
+def load_image(image: Any, sample_id: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """A path or PIL image -> fully decoded RGB image, or ``DataError`` (missing_image, bad_image,
     image_too_large) naming the sample and the file. The size is checked before decoding."""
     label = image if isinstance(image, str) else f"<embedded {type(image).__name__}>"

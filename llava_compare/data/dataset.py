@@ -89,8 +89,8 @@ class CompareDataset(Dataset):
     def fit_budget(self, sample: Sample) -> Encoded:
         """Expanded ids/labels within ``max_length`` (see module docstring)."""
         for candidate in _trailing_trims(sample):
-            enc = self.builder.encode(candidate)
-            ids, labels = self.processor.expand_image_tokens(enc.input_ids, enc.labels)
+            enc = self.processor(conversation=candidate, builder=self.builder, return_tensors=None)
+            ids, labels = enc["input_ids"][0], enc["labels"][0]
             if len(ids) <= self.max_length:
                 return Encoded(ids, labels)
         raise DataError(f"{len(ids)} tokens after expanding {len(sample.images)} images x "

@@ -1,8 +1,13 @@
-"""``LlavaCompareProcessor``: tokenizer + CLIP image processor, image-token expansion.
+"""``LlavaCompareProcessor``: tokenizer + image processor, image-token expansion.
 
 Each ``<image>`` becomes exactly ``tokens_per_image`` placeholder ids; that number comes from the
 model config's compressor (passed in at construction and saved with the processor), never from a
 constant here.
+
+One route to model inputs: ``processor(...)`` encodes prompt text (``text=``, e.g. a rendered chat
+template) or a conversation (``conversation=`` + the ``ConversationBuilder`` the model is trained
+with) -- the latter for training (with the assistant-only ``labels`` on top) and for inference
+(``add_generation_prompt=True``: generation, option scoring).
 """
 
 from __future__ import annotations
@@ -10,18 +15,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
+from .checks import load_image
 from .sample import IMAGE_PLACEHOLDER
-
-
-def load_image(image: Any) -> Image.Image:
-    """A path or a PIL image -> RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as im:
-        return im.convert("RGB")
 
 
 class LlavaCompareProcessor(ProcessorMixin):
@@ -50,15 +47,27 @@ class LlavaCompareProcessor(ProcessorMixin):
         return out_ids, out_labels
 
     def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
-        """Paths or PIL images -> ``[N_img, 3, H, W]`` float pixel values."""
+        """Paths or PIL images -> ``[N_img, 3, H, W]`` float pixel values. A missing, undecodable or
+        oversized image raises ``DataError`` naming the file (the checks training runs)."""
         pil = [load_image(im) for im in images]
         return self.image_processor(images=pil, return_tensors="pt")["pixel_values"]
 
-    # --- inference entry point -------------------------------------------------------------------
+    # --- the entry point -------------------------------------------------------------------------
     def __call__(self, text: str | list[str] | None = None, images: Sequence[Any] | None = None,
                  return_tensors: str | None = "pt", padding: bool | str = True,
-                 add_special_tokens: bool = True, **kwargs: Any) -> BatchFeature:
-        """Tokenise prompts that contain ``<image>`` and process the images (in reading order)."""
+                 add_special_tokens: bool = True, *, conversation: Any = None, builder: Any = None,
+                 add_generation_prompt: bool = False, **kwargs: Any) -> BatchFeature:
+        """Model inputs from prompts that contain ``<image>`` (``text``, left-padded into a batch) or
+        from one ``conversation`` (a ``Sample``) rendered by ``builder`` (a ``ConversationBuilder``).
+
+        Both give ``input_ids`` with each image expanded to ``tokens_per_image`` ids and
+        ``attention_mask``; ``pixel_values`` ``[N_img, 3, H, W]`` when ``images`` are given (in
+        reading order). A whole conversation also gives ``labels`` (-100 except on assistant tokens,
+        the training target); with ``add_generation_prompt`` it stops after the last assistant
+        header (the input to ``generate()`` and to option scoring) and has no labels.
+        """
+        if conversation is not None:
+            return self._encode_conversation(conversation, builder, images, add_generation_prompt, return_tensors)
         texts = [text] if isinstance(text, str) else list(text or [])
         images = list(images or [])
         n_ph = sum(t.count(self.image_token) for t in texts)
@@ -68,6 +77,23 @@ class LlavaCompareProcessor(ProcessorMixin):
         enc = self.tokenizer(texts, add_special_tokens=add_special_tokens, **kwargs)
         rows = [self.expand_image_tokens(ids)[0] for ids in enc["input_ids"]]
         data: dict[str, Any] = _pad_left(rows, self.tokenizer.pad_token_id)
+        if images:
+            data["pixel_values"] = self.preprocess_images(images)
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _encode_conversation(self, conversation: Any, builder: Any, images: Sequence[Any] | None,
+                             add_generation_prompt: bool, return_tensors: str | None) -> BatchFeature:
+        if builder is None:
+            raise ValueError("processor(conversation=...) needs builder=: the ConversationBuilder the model "
+                             "is trained with (template, image markers, system prompt)")
+        if add_generation_prompt:
+            ids, labels = self.expand_image_tokens(builder.encode_prompt(conversation))
+        else:
+            enc = builder.encode(conversation)
+            ids, labels = self.expand_image_tokens(enc.input_ids, enc.labels)
+        data: dict[str, Any] = {"input_ids": [ids], "attention_mask": [[1] * len(ids)]}
+        if labels is not None:
+            data["labels"] = [labels]
         if images:
             data["pixel_values"] = self.preprocess_images(images)
         return BatchFeature(data, tensor_type=return_tensors)

@@ -5,4 +5,8 @@
 * ``scoring``  -- batched option log-likelihood, batched greedy generation, answer parsing.
 * ``metrics``  -- exact match / token F1, the summary (per task, per question type) and its table.
 * ``report``   -- ``results.json``, ``predictions.jsonl``, the self-contained ``report.html``, wandb.
+* ``run``      -- the ``llava-compare eval`` command and ``evaluate_run`` (end of training).
+
+Neighbours: loads models through ``loading``, encodes with ``data``; ``train`` calls ``run`` at the
+end of a stage. ``ship`` and ``generate`` are its siblings (no imports between them).
 """

@@ -6,7 +6,10 @@ Record kinds (one dict per item, as written to ``predictions.jsonl``):
   also ``parsed`` (False when no option could be read from the generated text: counted as wrong);
 * open -- has ``exact_match`` and ``f1``.
 
-Both carry ``task``, ``num_images`` and optionally ``qa_type``.
+Both carry ``task``, ``num_images`` and optionally ``qa_type`` and ``groups`` (category axis ->
+label, e.g. ``{"question type": "How", "concern": "Distortion"}``). Records with ``labelled: false``
+(no gold answer: a withheld test split) are predictions only: counted, never scored. Open records
+judged by an LLM (``--judge``) carry ``judge_score`` (0-5, None when the judge's reply had no score).
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ def is_mc(record: dict[str, Any]) -> bool:
 
 
 def is_wrong(record: dict[str, Any]) -> bool:
-    """Wrong MC answer (unparseable included) or a free-form answer that is not an exact match."""
+    """Wrong MC answer (unparseable included) or a free-form answer that is not an exact match;
+    never an item without a gold answer."""
+    if record.get("labelled") is False:
+        return False
     return not record["correct"] if is_mc(record) else not record.get("exact_match", False)
 
 
@@ -51,8 +57,26 @@ def _mc_stats(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _open_stats(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     n = len(rs)
-    return {"n": n, "exact_match": sum(bool(r["exact_match"]) for r in rs) / max(n, 1),
-            "f1": sum(r["f1"] for r in rs) / max(n, 1)}
+    out = {"n": n, "exact_match": sum(bool(r["exact_match"]) for r in rs) / max(n, 1),
+           "f1": sum(r["f1"] for r in rs) / max(n, 1)}
+    judged = [r for r in rs if "judge_score" in r]
+    if judged:
+        scores = [r["judge_score"] for r in judged if r["judge_score"] is not None]
+        out.update(judge_mean=sum(scores) / len(scores) if scores else None,
+                   judge_unparsed=len(judged) - len(scores))
+    return out
+
+
+def _stats(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Multiple-choice stats, or free-form ones; a group holding both (a Mantis-Eval data source
+    with short-answer rows) gets the free-form items' stats under ``free_form``."""
+    mc = [r for r in rs if is_mc(r)]
+    if not mc:
+        return _open_stats(rs)
+    out = _mc_stats(mc)
+    if len(mc) < len(rs):
+        out["free_form"] = _open_stats([r for r in rs if not is_mc(r)])
+    return out
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -61,26 +85,34 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ``overall_2image_mc`` (the demo's headline: the 2-image multiple-choice items) keeps exactly
     ``{n, accuracy, chance}``; ``overall_mc`` is over every multiple-choice item.
     """
+    unlabelled = [r for r in records if r.get("labelled") is False]
+    records = [r for r in records if r.get("labelled") is not False]
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_group: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_task[str(r["task"])].append(r)
         if r.get("qa_type") is not None and is_mc(r):
             by_type[str(r["qa_type"])].append(r)
-    tasks: dict[str, dict[str, Any]] = {}
-    for task, rs in sorted(by_task.items()):
-        mc = [r for r in rs if is_mc(r)]
-        tasks[task] = _mc_stats(mc) if mc else _open_stats(rs)
+        for axis, label in (r.get("groups") or {}).items():
+            by_group[axis][str(label)].append(r)
+    tasks = {task: _stats(rs) for task, rs in sorted(by_task.items())}
     mc_all = [r for r in records if is_mc(r)]
     mc2 = [r for r in mc_all if r["num_images"] == 2]
     summary: dict[str, Any] = {
-        "n": len(records),
+        "n": len(records) + len(unlabelled),
+        "n_scored": len(records),
         "tasks": tasks,
         "overall_2image_mc": {k: v for k, v in _mc_stats(mc2).items() if k in ("n", "accuracy", "chance")},
         "overall_mc": _mc_stats(mc_all),
     }
     if by_type:
         summary["qa_types"] = {t: _mc_stats(rs) for t, rs in sorted(by_type.items())}
+    if by_group:
+        summary["groups"] = {axis: {label: _stats(rs) for label, rs in sorted(labels.items())}
+                             for axis, labels in by_group.items()}
+    if unlabelled:
+        summary["unlabelled"] = len(unlabelled)
     open_rs = [r for r in records if not is_mc(r)]
     if open_rs:
         summary["open"] = _open_stats(open_rs)
@@ -92,18 +124,45 @@ def _mc_row(name: str, m: dict[str, Any]) -> str:
     return row + (f"  ({m['unparsed']} unparseable)" if m.get("unparsed") else "")
 
 
+def _open_row(name: str, m: dict[str, Any]) -> str:
+    row = f"{name:<12} {m['n']:>5}  exact match {m['exact_match']:.3f}, token F1 {m['f1']:.3f}"
+    if "judge_mean" in m:
+        mean = "n/a" if m["judge_mean"] is None else f"{m['judge_mean']:.2f}"
+        row += f", judge {mean}/5 ({m['judge_unparsed']} unparsed)"
+    return row
+
+
+def _table(title: str, rows: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [f"{title:<12} {'n':>5}  {'accuracy':>8}  {'chance':>6}"]
+    for k, m in rows.items():
+        lines.append(_mc_row(k, m) if "accuracy" in m else _open_row(k, m))
+        if "free_form" in m:
+            lines.append(_open_row("  +free-form", m["free_form"]))
+    return lines
+
+
+def _notes(summary: dict[str, Any]) -> list[str]:
+    """Skipped rows per reason and unlabelled items: what the numbers above do not cover."""
+    lines = []
+    skipped = summary.get("skipped") or {}
+    if skipped:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]))
+        lines.append(f"skipped (not scored): {sum(skipped.values())} rows: {reasons}")
+    if summary.get("unlabelled"):
+        lines.append(f"no gold answer (predicted, not scored; see submission.json): {summary['unlabelled']} items")
+    return lines
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """The per-task table; the last line is ``overall accuracy: X.XXX (chance Y.YYY)`` over the
-    2-image multiple-choice items (over all multiple-choice items when none has two images)."""
-    lines = [f"{'task':<12} {'n':>5}  {'accuracy':>8}  {'chance':>6}"]
-    for task, m in summary["tasks"].items():
-        if "accuracy" in m:
-            lines.append(_mc_row(task, m))
-        else:
-            lines.append(f"{task:<12} {m['n']:>5}  exact match {m['exact_match']:.3f}, token F1 {m['f1']:.3f}")
+    """The per-task table, per-category tables, skipped rows per reason; the last line is
+    ``overall accuracy: X.XXX (chance Y.YYY)`` over the 2-image multiple-choice items (over all
+    multiple-choice items when none has two images)."""
+    lines = _table("task", summary["tasks"])
     if summary.get("qa_types"):
-        lines.append(f"{'QA type':<12} {'n':>5}  {'accuracy':>8}  {'chance':>6}")
-        lines += [_mc_row(t, m) for t, m in summary["qa_types"].items()]
+        lines += _table("QA type", summary["qa_types"])
+    for axis, rows in (summary.get("groups") or {}).items():
+        lines += _table(axis, rows)
+    lines += _notes(summary)
     o2, mc = summary["overall_2image_mc"], summary.get("overall_mc", summary["overall_2image_mc"])
     if mc.get("unparsed"):
         lines.append(f"unparseable generated answers (counted wrong): {mc['unparsed']} of {mc['n']}")
@@ -111,7 +170,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         if summary.get("open"):
             op = summary["open"]
             lines.append(f"overall = the {op['n']} free-form items")
-            lines.append(f"overall exact match: {op['exact_match']:.3f}, token F1 {op['f1']:.3f}")
+            judge = f", judge {op['judge_mean']:.2f}/5" if op.get("judge_mean") is not None else ""
+            lines.append(f"overall exact match: {op['exact_match']:.3f}, token F1 {op['f1']:.3f}{judge}")
         return "\n".join(lines)
     if o2["n"] == 0:
         lines.append(f"overall = the {mc['n']} multiple-choice items (none has two images)")

@@ -1,4 +1,9 @@
-"""Eval outputs: ``results.json``, ``predictions.jsonl``, a self-contained ``report.html``, wandb.
+"""Eval outputs: ``results.json``, ``predictions.jsonl``, ``submission.json``, a self-contained
+``report.html``, wandb.
+
+``submission.json`` maps each item id to its prediction -- the option letter for lettered multiple
+choice (what Q-Bench2 and Mantis-Eval score), the option text otherwise, the answer text for free-form
+items: the file to send for a split whose answers are withheld (Q-Bench2 ``test``).
 
 ``report.html`` needs nothing but itself: images are embedded as base64 PNG thumbnails, the CSS is
 inline, there are no scripts and no external links. Items are listed wrong answers first (wrong or
@@ -19,7 +24,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from ..data.processor import load_image
+from ..data.checks import load_image
 from ..data.sample import Sample
 from .metrics import is_mc, is_wrong
 
@@ -82,9 +87,15 @@ def write_outputs(out_dir: str | Path, records: Sequence[dict[str, Any]], sample
     results = {**(run_info or {}), "metrics": summary}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_jsonl(out / "predictions.jsonl", records)
+    (out / "submission.json").write_text(json.dumps(submission(records), indent=1))
     (out / "report.html").write_text(render_html(records, samples, summary, run_info or {}, report_max_items),
                                      encoding="utf-8")
     return out
+
+
+def submission(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``{id: prediction}``: the letter for lettered multiple choice (None when unparseable)."""
+    return {str(r["id"]): r["pred_letter"] if "pred_letter" in r else r.get("prediction") for r in records}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,7 +128,7 @@ def _item_html(rec: dict[str, Any], sample: Sample) -> str:
         f"<figcaption>Image {k}</figcaption></figure>"
         for k, im in enumerate(sample.images, 1))
     parts = [f'<p class="q">{_e(rec.get("question"))}</p>']
-    if is_mc(rec):
+    if "options" in rec:  # multiple choice, scored or not
         letters = rec.get("lettered")
         lis = []
         for i, opt in enumerate(rec["options"]):
@@ -136,12 +147,16 @@ def _item_html(rec: dict[str, Any], sample: Sample) -> str:
             parts.append(f'<div class="small">generated: &ldquo;{_e(rec["generated"])}&rdquo;</div>')
         if rec.get("margin") is not None:
             parts.append(f'<div class="small">log-likelihood margin: {rec["margin"]:.3f}</div>')
-        verdict = "wrong" if wrong else "correct"
+        verdict = "wrong" if wrong else "correct" if is_mc(rec) else "no gold answer"
     else:
         parts.append(f"<div><b>Prediction:</b> {_e(rec.get('prediction'))}</div>"
                      f"<div><b>Gold:</b> {_e(rec.get('answer'))}</div>"
                      f'<div class="small">token F1 {rec.get("f1", 0):.3f}</div>')
-        verdict = "not an exact match" if wrong else "exact match"
+        if "judge_score" in rec:
+            parts.append(f'<div class="small">judge: {_e(rec["judge_score"])}/5 '
+                         f'(&ldquo;{_e(rec.get("judge_reply"))}&rdquo;)</div>')
+        verdict = ("not an exact match" if wrong else "exact match" if "exact_match" in rec
+                   else "no gold answer")
     tags = " &middot; ".join(_e(t) for t in (rec.get("task"), rec.get("qa_type"), rec.get("id")) if t is not None)
     parts.insert(0, f'<div class="small"><span class="verdict">{verdict}</span> &middot; {tags}</div>')
     return (f'<div class="item {"wrong" if wrong else "right"}" data-correct="{0 if wrong else 1}" '
@@ -184,6 +199,7 @@ def render_html(records: Sequence[dict[str, Any]], samples: Sequence[Sample], su
         f"<p>{'<br>'.join(headline)}</p>"
         f"{_summary_table('task', summary.get('tasks', {}))}"
         f"{_summary_table('QA type', summary.get('qa_types', {}))}"
+        f"{''.join(_summary_table(axis, rows) for axis, rows in summary.get('groups', {}).items())}"
         f"<h2>Items: {n_wrong} wrong first, then {len(records) - n_wrong} right ({note})</h2>"
         f"{body}</body></html>\n"
     )

@@ -6,9 +6,12 @@ exact match and token F1. Accuracy is reported overall, per task and per questio
 accuracy`` is over the 2-image multiple-choice items (the demo's headline number), every task is
 also reported on its own next to its chance level.
 
-The pieces live beside this module: ``formats`` (mcq, qbench2, micbench, open readers),
-``scoring`` (batched forward passes, parsing), ``metrics`` (summary) and ``report`` (results.json,
-predictions.jsonl, report.html, wandb). This module keeps the public API and the command line.
+The pieces live beside this module: ``formats`` (the readers' entry point; mcq and open),
+``benchmarks`` (Q-Bench2-HF, MICBench, Mantis-Eval and CaD-QA layouts), ``scoring`` (batched forward
+passes, MMMU-style parsing), ``metrics`` (summary), ``judge`` (LLM-as-judge for free-form answers)
+and ``report`` (results.json, predictions.jsonl, submission.json, report.html, wandb). This module
+keeps the public API and the command line; it fails loudly (exit 1) when it can score nothing or
+skips more rows than ``--max-skip-rate`` allows.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import logging
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
 from ..data.conversation import ConversationBuilder
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import Sample
+from .benchmarks import PROMPT_STYLES
 from .formats import EVAL_FORMATS
 from .metrics import format_summary, normalize, summarize, token_f1  # noqa: F401  (public API)
 from .scoring import (MODES, PADDING_SIDES, batch_option_logliks, ensure_prepared, prepare_all,
@@ -55,28 +60,36 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
                      max_new_tokens: int = 32, *, mode: str = "loglik", batch_size: int = 8,
                      padding_side: str = "right", run_info: dict[str, Any] | None = None,
                      report_max_items: int | None = 1000, progress: bool = True,
-                     wandb: bool = False, wandb_project: str | None = None) -> dict[str, Any]:
+                     wandb: bool = False, wandb_project: str | None = None,
+                     skipped: Mapping[str, int] | None = None, judge: str | None = None) -> dict[str, Any]:
     """Score ``samples`` and return the summary; with ``out_dir``, write results.json,
-    predictions.jsonl and report.html there. Samples from the training readers are taken as
-    ``mcq`` items (options -> multiple choice, none -> free form)."""
+    predictions.jsonl, submission.json and report.html there. Samples from the training readers
+    are taken as ``mcq`` items (options -> multiple choice, none -> free form). ``skipped``: rows
+    the reader already dropped, by reason (reported with the ones dropped here). ``judge``: a
+    causal LM (folder or hub id) that also scores the free-form answers 0-5 (``eval.judge``)."""
     from . import report
 
     was_training = model.training
     model.eval()
     start = time.time()
-    kept, skipped = prepare_all(samples)
-    if skipped:
-        log.warning("skipped %d items: %s", sum(skipped.values()), skipped)
+    kept, dropped = prepare_all(samples)
+    if dropped:
+        log.warning("skipped %d items: %s", sum(dropped.values()), dropped)
     try:
         records = score_items(model, processor, builder, kept, mode, batch_size, max_new_tokens,
                               padding_side, progress)
     finally:
         model.train(was_training)
+    if judge:
+        from .judge import judge_records
+
+        judge_records(records, judge, batch_size)
     summary = summarize(records)
-    if skipped:
-        summary["skipped"] = skipped
+    all_skipped = Counter(dict(skipped or {})) + Counter(dropped)
+    if all_skipped:
+        summary["skipped"] = dict(all_skipped)
     info = {**(run_info or {}), "mode": mode, "batch_size": batch_size, "padding_side": padding_side,
-            "max_new_tokens": max_new_tokens, "runtime_s": round(time.time() - start, 3)}
+            "max_new_tokens": max_new_tokens, "judge": judge, "runtime_s": round(time.time() - start, 3)}
     if out_dir is not None:
         report.write_outputs(out_dir, records, kept, summary, info, report_max_items)
     if wandb:
@@ -98,7 +111,8 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
             "data": {"paths": [s.path for s in specs], "format": "mcq", "skipped": dict(samples.skipped)}}
     summary = evaluate_samples(model, processor, make_builder(cfg, processor), samples,
                                Path(cfg.output_dir) / "eval", cfg.eval.max_new_tokens,
-                               batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info)
+                               batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info,
+                               skipped=samples.skipped)
     print(format_summary(summary), flush=True)
     return summary
 
@@ -118,9 +132,20 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a stage output folder, a checkpoint-N folder, an export folder or a hub id")
     p.add_argument("--data", required=True, help="a .json/.jsonl/.parquet file, a folder of them, or a hub dataset id")
     p.add_argument("--format", default="mcq", choices=EVAL_FORMATS,
-                   help="mcq: LLaVA rows with task/options/answer (synthetic eval.json); qbench2: Q-Bench2 "
-                        "A1-pair rows; micbench: 3-4 images; open: free-form answers (default: mcq)")
+                   help="mcq: LLaVA rows with task/options/answer (synthetic eval.json); qbench2: Q-Bench2-HF "
+                        "A1-pair rows (option0..3, correct_choice); micbench: 3-4 images; mantis: Mantis-Eval "
+                        "(any config); cadqa: CaD-QA JSONL/parquet; open: free-form answers (default: mcq)")
     p.add_argument("--split", default=None, help="split of a hub dataset (local files are read whole)")
+    p.add_argument("--config", default=None, help="config of a hub dataset (e.g. TIGER-Lab/Mantis-Eval's "
+                                                  "q-bench2-a1-compare-dev)")
+    p.add_argument("--prompt-style", default=None, choices=PROMPT_STYLES,
+                   help="lettered prompt of the benchmark formats: lmms-eval's ('A. opt' lines; default for "
+                        "qbench2/micbench) or Mantis-Eval's (' (A) opt' lines; default for mantis)")
+    p.add_argument("--max-skip-rate", type=float, default=0.0,
+                   help="fail (exit 1) when more than this fraction of the rows cannot be used (default 0: any)")
+    p.add_argument("--judge", default=None, metavar="MODEL",
+                   help="also score free-form answers 0-5 with this causal LM (a folder or hub id; prompt in "
+                        "docs/evaluation.md)")
     p.add_argument("--image-root", default=None, help="folder relative image paths are joined with "
                                                       "(default: the data file's folder)")
     p.add_argument("--out", default=None, help="folder for results.json, predictions.jsonl and report.html")
@@ -181,13 +206,20 @@ def model_info(ref: str) -> dict[str, Any]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .formats import read_eval_data
+    """Exit 0 when items were scored (or predicted, for a split without answers); 1 when nothing
+    could be scored or more rows were skipped than ``--max-skip-rate`` allows (checked before the
+    model is loaded: the message names the first skipped row, its reason and the file's columns)."""
+    from ..loading import builder_for, load
+    from .formats import read_eval_data, skip_failure
     from .report import wandb_wanted
-    from ..loading import builder_for, load_for_inference
 
-    data = read_eval_data(args.data, args.format, split=args.split, image_root=args.image_root,
-                          max_items=args.max_items)
-    model, processor = load_for_inference(args.model)
+    data = read_eval_data(args.data, args.format, split=args.split, config=args.config,
+                          image_root=args.image_root, max_items=args.max_items, prompt_style=args.prompt_style)
+    failure = skip_failure(data, args.max_skip_rate)
+    if failure:
+        print(failure, file=sys.stderr)
+        return 1
+    model, processor, _ = load(args.model)
     info = {"command": command_line(args), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model_info(args.model), "data": data.info}
     use_wandb = wandb_wanted(args.wandb, args.wandb_project)
@@ -196,7 +228,8 @@ def run_cli(args: argparse.Namespace) -> int:
                                    data.samples, args.out, args.max_new_tokens, mode=args.mode,
                                    batch_size=args.batch_size, padding_side=args.padding_side, run_info=info,
                                    report_max_items=args.report_max_items, progress=not args.no_progress,
-                                   wandb=use_wandb, wandb_project=args.wandb_project)
+                                   wandb=use_wandb, wandb_project=args.wandb_project,
+                                   skipped=data.skipped, judge=args.judge)
     finally:
         if use_wandb:
             import wandb
@@ -206,5 +239,9 @@ def run_cli(args: argparse.Namespace) -> int:
             wandb.teardown()
     print(format_summary(summary))
     if args.out:
-        print(f"wrote {Path(args.out) / 'results.json'}, predictions.jsonl and report.html", file=sys.stderr)
+        print(f"wrote {Path(args.out) / 'results.json'}, predictions.jsonl, submission.json and report.html",
+              file=sys.stderr)
+    if not summary["n_scored"] and not summary.get("unlabelled"):
+        print(f"eval: scored nothing: {len(data.samples)} items read, none could be scored", file=sys.stderr)
+        return 1
     return 0

@@ -7,10 +7,15 @@ the right (answer positions are unchanged) or on the left (position ids then com
 attention mask, so every real token keeps the position it has unpadded): both give the unbatched
 scores up to float noise. Only the answer positions reach the LM head (the model's ``labels`` path).
 
-Generate-then-parse (the papers' way): greedy answer, then the option is read from it -- the letter
-for lettered prompts (``A``, ``(B)``, ``C.``, ``The answer is D``), else the option text (exact, or
-the one option named in the answer). An answer that names no option, or several, is unparseable:
-counted wrong and counted (``parsed: false``).
+Generate-then-parse (the papers' way): greedy answer, then the option is read from it. Lettered
+prompts are parsed the way lmms-eval's qbench2 task does it, MMMU's ``parse_multi_choice_response``:
+``(A)``, then ``A `` (a letter and a space), then ``A.``, then -- for answers longer than five words --
+the option text; several hits: the last one in the answer. Where MMMU then picks a random letter,
+we count the answer as wrong and as unparsed (``parsed: false``), so the two can be compared. Other
+prompts: the option text (exact, or the one option the answer names).
+
+Items without a gold answer (a withheld test split) get a prediction and no ``correct`` /
+``exact_match`` (``labelled: false``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import nn
 from ..data.conversation import IGNORE, ConversationBuilder
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import DataError, Sample
-from .formats import LETTERS, prepare_llava_item
+from .formats import LETTERS, is_labelled, prepare_llava_item
 from .metrics import normalize, token_f1
 
 MODES = ("loglik", "generate")
@@ -71,8 +76,9 @@ def batch_option_logliks(model: nn.Module, processor: LlavaCompareProcessor, bui
     answer_lens: list[int] = []
     counts: list[int] = []
     for sample, options in items:
-        prompt, _ = processor.expand_image_tokens(builder.encode_prompt(sample))
-        px = processor.preprocess_images(sample.images) if sample.images else None
+        enc = processor(conversation=sample, builder=builder, images=sample.images, add_generation_prompt=True,
+                        return_tensors=None)
+        prompt, px = enc["input_ids"][0], enc.get("pixel_values")
         for option in options:
             ans = builder.encode_answer(option)
             rows.append(prompt + ans)
@@ -107,9 +113,10 @@ def batch_generate(model: nn.Module, processor: LlavaCompareProcessor, builder: 
     """Greedy answers to each sample's last user turn, left-padded into one ``generate()`` call."""
     if not samples:
         return []
-    prompts = [processor.expand_image_tokens(builder.encode_prompt(s))[0] for s in samples]
-    batch = pad_rows(prompts, _pad_id(processor), "left")
-    pix = [processor.preprocess_images(s.images) for s in samples if s.images]
+    encoded = [processor(conversation=s, builder=builder, images=s.images, add_generation_prompt=True,
+                         return_tensors=None) for s in samples]
+    batch = pad_rows([enc["input_ids"][0] for enc in encoded], _pad_id(processor), "left")
+    pix = [enc["pixel_values"] for enc in encoded if "pixel_values" in enc]
     dev = _device(model)
     ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pix).to(dev) if pix else None,
@@ -121,11 +128,6 @@ def batch_generate(model: nn.Module, processor: LlavaCompareProcessor, builder: 
 # --------------------------------------------------------------------------------------------------
 # Parsing a generated answer
 # --------------------------------------------------------------------------------------------------
-
-_LETTER_START = re.compile(r"^\(?([A-Z])\)?(?:[.:)\],]|\s*$)")
-_LETTER_SAID = re.compile(r"(?i:\b(?:answer|option|choice)(?:\s+is)?)\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])")
-_LETTER_WORD = re.compile(r"^([A-Z])\s+(.+)$", re.S)
-
 
 def _option_in_text(text: str, options: Sequence[str]) -> int | None:
     t = normalize(text)
@@ -139,21 +141,38 @@ def _option_in_text(text: str, options: Sequence[str]) -> int | None:
     return named[0] if len(set(opts[i] for i in named)) == 1 else None
 
 
-def parse_choice(text: str, options: Sequence[str], lettered: bool) -> int | None:
-    """The option a generated answer picks, or None (unparseable)."""
-    text = text.strip()
-    if not text:
+def parse_mmmu(text: str, options: Sequence[str]) -> int | None:
+    """MMMU's ``parse_multi_choice_response`` (lmms-eval's qbench2 parser) minus its random fallback:
+    the index of the option a generated answer picks, or None."""
+    response = text
+    for char in (",", ".", "!", "?", ";", ":", "'"):
+        response = response.strip(char)
+    response = f" {response} "  # spaces so that "A" at either end still reads as "A "
+    letters = LETTERS[:len(options)]
+    found = [c for c in letters if f"({c})" in response]
+    how = "bracket"
+    if not found:
+        found, how = [c for c in letters if f"{c} " in response], "letter"
+    if not found:
+        found = [c for c in letters if f"{c}." in response]
+    if not found and len(response.split()) > 5:
+        found, how = [c for c, o in zip(letters, options) if o.lower() in response.lower()], "text"
+    if not found:
         return None
-    if lettered:
-        for pattern in (_LETTER_START, _LETTER_SAID):
-            m = pattern.search(text)
-            if m and LETTERS.index(m.group(1)) < len(options):
-                return LETTERS.index(m.group(1))
-        m = _LETTER_WORD.match(text)  # "B the second image"
-        if m and LETTERS.index(m.group(1)) < len(options) and \
-                _option_in_text(m.group(2), options) == LETTERS.index(m.group(1)):
-            return LETTERS.index(m.group(1))
-    return _option_in_text(text, options)
+    if len(found) > 1:  # the one named last wins
+        where = {"bracket": lambda c: response.rfind(f"({c})"), "letter": lambda c: response.rfind(f" {c} "),
+                 "text": lambda c: response.lower().rfind(options[LETTERS.index(c)].lower())}[how]
+        positions = [where(c) for c in found]
+        found = [found[positions.index(max(positions))]]
+    return LETTERS.index(found[0])
+
+
+def parse_choice(text: str, options: Sequence[str], lettered: bool) -> int | None:
+    """The option a generated answer picks, or None (unparseable): MMMU-style for lettered
+    prompts, by option text otherwise."""
+    if not text.strip():
+        return None
+    return parse_mmmu(text, options) if lettered else _option_in_text(text.strip(), options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,6 +201,9 @@ def _base_record(s: Sample, mode: str) -> dict[str, Any]:
                            "question": m.get("question", ""), "answer": m.get("answer")}
     if m.get("qa_type") is not None:
         rec["qa_type"] = m["qa_type"]
+    if m.get("groups"):
+        rec["groups"] = dict(m["groups"])
+    rec["labelled"] = is_labelled(s)
     if m["kind"] == "mc":
         rec.update(options=m["options"], gold_index=m["gold_index"], chance=1 / len(m["options"]))
         if m.get("lettered"):
@@ -191,8 +213,11 @@ def _base_record(s: Sample, mode: str) -> dict[str, Any]:
 
 
 def _mc_record(s: Sample, rec: dict[str, Any], pred: int | None) -> dict[str, Any]:
-    rec.update(pred_index=pred, prediction=None if pred is None else s.meta["options"][pred],
-               correct=pred == s.meta["gold_index"])
+    rec.update(pred_index=pred, prediction=None if pred is None else s.meta["options"][pred])
+    if s.meta.get("lettered"):
+        rec["pred_letter"] = None if pred is None else LETTERS[pred]
+    if rec["labelled"]:
+        rec["correct"] = pred == s.meta["gold_index"]
     return rec
 
 
@@ -207,8 +232,10 @@ def loglik_record(s: Sample, scores: Sequence[float]) -> dict[str, Any]:
 def generated_record(s: Sample, text: str, mode: str) -> dict[str, Any]:
     rec = _base_record(s, mode)
     if s.meta["kind"] == "open":
-        gold = s.meta.get("answer") or ""
-        rec.update(prediction=text, exact_match=normalize(text) == normalize(gold), f1=token_f1(text, gold))
+        rec["prediction"] = text
+        if rec["labelled"]:
+            gold = s.meta["answer"]
+            rec.update(exact_match=normalize(text) == normalize(gold), f1=token_f1(text, gold))
         return rec
     pred = parse_choice(text, s.meta["options"], bool(s.meta.get("lettered")))
     rec.update(generated=text, parsed=pred is not None)

@@ -1,4 +1,10 @@
-"""Model package: config, compressors, the VLM, builders. Importing it registers the Auto classes."""
+"""Model: ``config``, ``compressors`` (registry; owns tokens per image), ``modeling`` (the VLM),
+``build`` (hub ids, folders, tiny configs), ``lora`` (where LoRA attaches), ``projector_import``
+(LLaVA mm_projector files), ``tiny_tokenizer``. Importing it registers the Auto classes.
+
+Neighbours: imports only ``data`` (the processor and the ``<image>`` placeholder); ``loading`` and
+the commands above build on it.
+"""
 
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 

@@ -44,7 +44,6 @@ class LlavaCompareConfig(PreTrainedConfig):
     image_token_id: int = 32000
     vision_feature_layer: int | list[int] = -2
     vision_image_size: int | None = None
-    freeze_vision: bool = True
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any):

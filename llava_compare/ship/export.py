@@ -14,7 +14,7 @@ subfolder="adapter")``). ``llava-hf`` (``mlp`` compressor only) writes a folder 
 own ``LlavaForConditionalGeneration`` + ``LlavaProcessor`` load with no custom code.
 
 The parts: ``native``, ``llava_hf``, ``chat_template``, ``model_card`` (this module is the command).
-Loading an export back: :func:`llava_compare.loading.load_exported`.
+Loading an export back: :func:`llava_compare.loading.load`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..loading import META, is_export, load_stage, read_meta, resolve_checkpoint, unwrap
+from ..loading import META, is_export, load, read_meta, resolve_checkpoint, unwrap
 from .chat_template import chat_template_for
 from .llava_hf import check_llava_hf, write_llava_hf
 from .model_card import EVAL_RESULTS, find_eval_results, model_card
@@ -60,7 +60,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, merge: bool = True, fmt:
     stage_dir, _ = resolve_checkpoint(checkpoint)
     if out.resolve() in (stage_dir.resolve(), Path(checkpoint).resolve()):
         raise ValueError(f"export into a new folder, not into {checkpoint}")
-    model, processor, stage_dir = load_stage(checkpoint, merge=merge)
+    model, processor, _ = load(checkpoint, merge=merge)
     if fmt == "llava-hf":
         check_llava_hf(unwrap(model).config)  # before anything is written
     _prepare_out(out, overwrite)

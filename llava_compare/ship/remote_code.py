@@ -29,7 +29,8 @@ BUNDLES: dict[str, list[str]] = {
                                        "llava_compare.model.config"],
     "modeling_llava_compare.py": ["llava_compare.model.compressors", "llava_compare.model.vision",
                                   "llava_compare.model.config", "llava_compare.model.modeling"],
-    "processing_llava_compare.py": ["llava_compare.data.processor"],
+    "processing_llava_compare.py": ["llava_compare.data.sample", "llava_compare.data.checks",
+                                    "llava_compare.data.processor"],
 }
 
 #: ``auto_map`` entries for config.json (the processor's goes into processor_config.json too).

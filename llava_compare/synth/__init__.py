@@ -1,10 +1,15 @@
 """Synthetic comparison data (demo and test tooling): real PNG files plus LLaVA-format JSON with
 exactly known answers, written by :func:`generate` (``llava-compare synth``).
 
+Modules: ``config`` (difficulty knobs, vocabularies), ``scene`` (drawing), ``items`` (what every
+task shares), one module per task family (``brightness``, ``blur``, ``count``, ``change``,
+``caption``), ``generator`` (planning, splits, files, the command line).
+
 Neighbours: imports only ``llava_compare.data`` (the ``<image>`` placeholder); used by the
 ``synth`` command, by ``train`` (demo recipes generate their data on first use) and by tests.
 """
 
-from .generator import TASKS, SynthConfig, generate
+from .config import TASKS, Difficulty
+from .generator import generate
 
-__all__ = ["TASKS", "SynthConfig", "generate"]
+__all__ = ["TASKS", "Difficulty", "generate"]

@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from ..data.pipeline import make_builder
-from ..loading import load_trained, unwrap
+from ..loading import load, unwrap
 from ..data.collator import CompareCollator
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
+from ..inspection import log_example
 from .config import REPO_ROOT, compose_config
 from .outputs import save_base, save_trained
 from .skips import SkipMonitor, check_read_skips
@@ -75,8 +76,10 @@ def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The model to train: from ``init_from`` (a previous stage's output) or built from config."""
     if cfg.init_from:
         quantize = bool(cfg.model.llm.load_in_4bit)
-        model, processor = load_trained(cfg.init_from, merge=True, load_in_4bit=quantize)
-        meta = json.loads((Path(cfg.init_from) / "llava_compare.json").read_text())
+        model, processor, meta = load(cfg.init_from, merge=True, load_in_4bit=quantize)
+        if "model" not in meta:
+            raise ValueError(f"init_from={cfg.init_from} has no llava_compare.json with the model config: "
+                             "give a stage output, one of its checkpoint-N folders or a llava_compare export")
         model_cfg = {**meta["model"], "llm": {**meta["model"]["llm"], "load_in_4bit": quantize}}
         log.info("initialised from %s (stage %s)", cfg.init_from, meta.get("stage", {}).get("name"))
     else:
@@ -206,6 +209,8 @@ def run(cfg: DictConfig) -> RunResult:
         chats = chat_before(cfg, model, processor, builder) if cfg.eval.enabled else []
     train_set = make_dataset(cfg, processor, model=model)
     calibrate_compressor(model, train_set)  # once (input_norm=fixed / output_scale): stage 1, not init_from
+    if rank() == 0:  # one sample as the model sees it: template / marker mistakes show before step 1
+        log_example(train_set, log)
     model = configure_stage(model, cfg.stage, cfg.peft)
     if cfg.optim.gradient_checkpointing:
         unwrap(model).config.use_cache = False

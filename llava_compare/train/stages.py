@@ -41,7 +41,6 @@ def configure_stage(model: nn.Module, stage: Mapping[str, Any], peft_cfg: Mappin
     model.compressor.requires_grad_(bool(stage["train_compressor"]))
     feature_layer = model.config.vision_feature_layer
     set_vision_trainable(model.vision_tower, stage, feature_layer)
-    model.config.freeze_vision = not stage["train_vision"]
     if train_llm == "full":
         model.language_model.requires_grad_(True)
     if train_llm == "lora":

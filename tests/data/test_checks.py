@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from llava_compare.data import checks
-from llava_compare.data.formats import SourceSpec, make_context, parse_row, read_samples
+from llava_compare.data.formats import SourceSpec, make_context, read_samples
+from llava_compare.data.rows import parse_row
 from llava_compare.data.problems import ProblemLog
 from llava_compare.data.sample import DataError, Message, Sample
 
@@ -40,6 +41,23 @@ def test_image_checks_name_the_problem_sample_and_file(tmp_path):
     assert kind_of(checks.load_image, str(good), "s9", max_pixels=15 * 16) == "image_too_large"
     with pytest.raises(DataError, match=r"cut\.png.*truncated"):
         checks.check_image(str(cut), "s9")
+
+
+def test_inference_images_get_the_same_checks(tiny, tmp_path):
+    """The processor (generate, eval, exports) loads images with the training checks: a missing
+    or truncated file is a ``DataError`` naming it, not a bare PIL error."""
+    _, processor = tiny
+    good = tmp_path / "good.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(good)
+    noise = tmp_path / "noise.png"
+    Image.effect_noise((64, 64), 90).convert("RGB").save(noise)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(noise.read_bytes()[:300])
+    assert processor.preprocess_images([str(good), Image.open(good)]).shape[0] == 2
+    for bad, kind in ((tmp_path / "nope.png", "missing_image"), (cut, "bad_image")):
+        with pytest.raises(DataError, match=bad.name) as info:
+            processor.preprocess_images([str(good), str(bad)])
+        assert info.value.kind == kind
 
 
 def test_pil_decompression_bomb_is_image_too_large(tmp_path, monkeypatch):

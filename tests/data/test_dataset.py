@@ -100,3 +100,25 @@ def test_processor_round_trip_keeps_tokens_per_image(tiny, tmp_path):
     loaded = LlavaCompareProcessor.from_pretrained(tmp_path)
     assert loaded.tokens_per_image == processor.tokens_per_image
     assert loaded.image_token_id == processor.image_token_id
+
+
+def test_one_route_the_processor_encodes_conversations_for_training_and_inference(tiny, images):
+    """``processor(conversation=..., builder=...)`` is what the dataset trains on (ids, labels,
+    pixels) and, with ``add_generation_prompt``, what generation and scoring start from: the
+    training ids up to the assistant's answer."""
+    _, processor = tiny
+    builder = ConversationBuilder(processor.tokenizer, system="")
+    sample = Sample("r", [Message("user", "<image> and <image>: which is brighter?"), Message("assistant", "Image 2")],
+                    images=images[:2])
+    item = make_ds(processor, [sample])[0]
+    enc = processor(conversation=sample, builder=builder, images=sample.images)
+    assert enc["input_ids"][0].tolist() == item["input_ids"].tolist()
+    assert enc["labels"][0].tolist() == item["labels"].tolist()
+    assert enc["attention_mask"].tolist() == [[1] * len(item["input_ids"])]
+    assert torch.equal(enc["pixel_values"], item["pixel_values"])
+    prompt = processor(conversation=sample, builder=builder, add_generation_prompt=True)
+    first_label = next(i for i, lab in enumerate(item["labels"].tolist()) if lab != IGNORE)
+    assert prompt["input_ids"][0].tolist() == item["input_ids"][:first_label].tolist()
+    assert "labels" not in prompt and "pixel_values" not in prompt
+    with pytest.raises(ValueError, match="needs builder="):
+        processor(conversation=sample)

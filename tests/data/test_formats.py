@@ -11,14 +11,8 @@ import datasets
 import pytest
 from PIL import Image
 
-from llava_compare.data.formats import (
-    DEFAULT_MARKER_PATTERN,
-    ReadResult,
-    SourceSpec,
-    detect_format,
-    read_samples,
-    read_sources,
-)
+from llava_compare.data.formats import ReadResult, SourceSpec, read_samples, read_sources
+from llava_compare.data.rows import DEFAULT_MARKER_PATTERN, detect_format
 from llava_compare.data.sample import DataError, Sample
 
 

@@ -27,7 +27,8 @@ def png_bytes(path: Path) -> bytes:
 
 @pytest.fixture(scope="session")
 def qbench2_parquet(synth_dir, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
-    """Q-Bench2 A1-pair rows made from the synthetic 2-image items: ``image1``/``image2`` as a
+    """Q-Bench2 A1-pair items in an options-list copy's layout (not the Hub's: that is
+    ``qbench2_hf_parquet``), made from the synthetic 2-image items: ``image1``/``image2`` as a
     datasets ``Image`` feature with embedded PNG bytes, ``options`` a list, ``answer`` the option
     text, ``Task`` and ``QA_type``. Returns (path, {id: row without images})."""
     import datasets
@@ -145,3 +146,54 @@ def bright_model():
     finally:
         torch.set_num_threads(threads)
     return model.eval(), processor, builder
+
+
+# --------------------------------------------------------------------------------------------------
+# Q-Bench2-HF as published (q-future/Q-Bench2-HF): option0..3 with "N/A", correct_choice, int codes
+# --------------------------------------------------------------------------------------------------
+
+QB2_HF_FEATURES = {"id": "int64", "question": "string", "option0": "string", "option1": "string",
+                   "option2": "string", "option3": "string", "question_type": "int64",
+                   "question_concern": "int64", "correct_choice": "string"}
+
+
+def grey_png(level: int, size: int = 32) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (level,) * 3).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def qbench2_hf_rows(n: int, seed: int = 0, labelled: bool = True) -> list[dict]:
+    """Rows in the Hub layout: a dark and a light image; "Which image is brighter?" with 2, 3 or 4
+    options (the rest "N/A"), every question_type (0-2) and question_concern (0-3) code used."""
+    rng = random.Random(seed)
+    texts = ["The first image", "The second image", "Both are the same", "Neither"]
+    rows = []
+    for i in range(n):
+        pos, n_opt = i % 2, 2 + i % 3
+        lo, hi = rng.randint(0, 70), rng.randint(180, 255)
+        opts = texts[:n_opt] + ["N/A"] * (4 - n_opt)
+        rows.append({"id": 1000 + i, "image1": {"bytes": grey_png(hi if pos == 0 else lo), "path": None},
+                     "image2": {"bytes": grey_png(hi if pos == 1 else lo), "path": None},
+                     "question": "Which image is brighter?", **{f"option{k}": o for k, o in enumerate(opts)},
+                     "question_type": i % 3, "question_concern": (i // 3) % 4,
+                     "correct_choice": "AB"[pos] if labelled else None})
+    return rows
+
+
+def write_qbench2_hf(rows: list[dict], path: Path) -> Path:
+    """The rows as a parquet with the Hub's ``datasets`` features (images embedded)."""
+    import datasets
+
+    features = datasets.Features({"image1": datasets.Image(), "image2": datasets.Image(),
+                                  **{k: datasets.Value(v) for k, v in QB2_HF_FEATURES.items()}})
+    cols = {k: [r[k] for r in rows] for k in features}
+    datasets.Dataset.from_dict(cols, features=features).to_parquet(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def qbench2_hf_parquet(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """(dev-split parquet in the Hub layout, its rows)."""
+    rows = qbench2_hf_rows(24)
+    return write_qbench2_hf(rows, tmp_path_factory.mktemp("qb2hf") / "dev-00000-of-00001.parquet"), rows

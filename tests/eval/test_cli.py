@@ -135,3 +135,51 @@ def test_micbench_cli(stage2_run, micbench_json, tmp_path, capsys):
     acc = sum(p["correct"] for p in preds) / len(preds)
     assert last.startswith(f"overall accuracy: {acc:.3f} (chance ")  # no 2-image items: all MC items
     assert len(parse_report(out / "report.html").imgs) == sum(p["num_images"] for p in preds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Q-Bench2-HF as published, and loud failures
+# --------------------------------------------------------------------------------------------------
+
+
+def test_qbench2_hub_layout_cli_scores_every_row(stage2_run, qbench2_hf_parquet, tmp_path, capsys):
+    """The reported bug, end to end: a parquet in the Hub's layout gave "24 of 24 skipped
+    (answer_not_in_options)", an empty table and exit 0."""
+    path, rows = qbench2_hf_parquet
+    out = tmp_path / "qb2"
+    assert cli_main(["eval", str(stage2_run[1].output_dir), "--data", str(path), "--format", "qbench2",
+                     "--out", str(out), "--no-progress"]) == 0
+    preds = read_jsonl(out / "predictions.jsonl")
+    gold = {str(r["id"]): r["correct_choice"] for r in rows}
+    assert sorted(p["id"] for p in preds) == sorted(gold)
+    acc = sum(p["pred_letter"] == gold[p["id"]] for p in preds) / len(preds)
+    table = capsys.readouterr().out
+    assert table.strip().splitlines()[-1].startswith(f"overall accuracy: {acc:.3f} (chance ")
+    assert "Yes-or-No" in table and "Distortion" in table and "skipped" not in table
+
+
+def test_eval_exits_nonzero_naming_the_first_skipped_row(qbench2_hf_parquet, tmp_path, capsys):
+    # every row fails: exit 1 before any model is loaded (the model path is never read)
+    assert cli_main(["eval", str(tmp_path / "no-model"), "--data", str(qbench2_hf_parquet[0]),
+                     "--format", "mantis", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "eval: scored nothing: all 24 rows" in err and "first skipped: sample '1000':" in err
+    assert "columns found: correct_choice, id, image1, image2, option0, option1" in err
+
+
+def test_eval_max_skip_rate_and_skipped_counts_in_the_table(stage2_run, tmp_path, capsys):
+    from tests.eval.conftest import qbench2_hf_rows, write_qbench2_hf
+
+    rows = qbench2_hf_rows(6)
+    rows[2]["correct_choice"] = "E"
+    path = write_qbench2_hf(rows, tmp_path / "dev.parquet")
+    base = ["eval", str(stage2_run[1].output_dir), "--data", str(path), "--format", "qbench2", "--no-progress"]
+    assert cli_main(base) == 1  # default --max-skip-rate 0: one bad row fails the run
+    err = capsys.readouterr().err
+    assert "skipped 1 of 6 rows (16.7%)" in err and "sample '1002': answer_not_in_options" in err
+    assert cli_main([*base, "--max-skip-rate", "0.2", "--out", str(tmp_path / "out")]) == 0
+    table = capsys.readouterr().out
+    assert "skipped (not scored): 1 rows: answer_not_in_options 1" in table
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["metrics"]["skipped"] == {"answer_not_in_options": 1} and len(
+        read_jsonl(tmp_path / "out" / "predictions.jsonl")) == 5

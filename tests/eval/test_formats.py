@@ -72,9 +72,13 @@ QB = ["The first image", "The second image"]
 
 
 @pytest.mark.parametrize("text,options,lettered,expected", [
-    ("A", IMGS, True, 0), ("(B)", IMGS, True, 1), ("C. Image 3", IMGS, True, 2), ("B) second", QB, True, 1),
-    ("The answer is C.", IMGS, True, 2), ("B the second image", QB, True, 1), ("Image 2", IMGS, True, 1),
-    ("E", IMGS, True, None), ("A red circle", IMGS, True, None), ("", IMGS, True, None),
+    # lettered prompts: MMMU's parse_multi_choice_response, None where it would pick a random letter
+    ("A", IMGS, True, 0), ("(B)", IMGS, True, 1), ("C. Image 3", IMGS, True, 2), ("B) second", QB, True, None),
+    ("The answer is C.", IMGS, True, 2), ("B the second image", QB, True, 1), ("Image 2", IMGS, True, None),
+    ("E", IMGS, True, None), ("A red circle", IMGS, True, 0), ("", IMGS, True, None),
+    ("(A) or rather (B)", IMGS, True, 1), ("A or B", IMGS, True, 1), ("Answer: B.", QB, True, 1),
+    ("I am quite sure it is the second image", QB, True, 1), ("it is the second image", QB, True, None),
+    # other prompts: by option text
     ("Image 1", IMGS, False, 0), ("I think it is Image 3.", IMGS, False, 2),
     ("Image 1 or Image 2", IMGS, False, None), ("A", IMGS, False, None), ("Image 12", IMGS, False, None),
     ("the first image.", QB, False, 0),

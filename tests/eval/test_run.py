@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from llava_compare.loading import load_trained
+from llava_compare.loading import load
 from llava_compare.cli import main as cli_main
 from llava_compare.data.formats import SourceSpec, read_samples
 from llava_compare.eval.run import evaluate_run, evaluate_samples, option_logliks, summarize, token_f1
@@ -32,7 +32,7 @@ def test_summary_counts_two_image_mc_only_in_overall():
 
 def test_eval_predictions_are_the_argmax_of_option_scores(stage2_run, synth_dir, tmp_path):
     out = stage2_run[1].output_dir
-    model, processor = load_trained(out)
+    model, processor, _ = load(out)
     samples = read_samples(SourceSpec(path=str(synth_dir / "eval.json")))[:10]
     summary = evaluate_samples(model, processor, builder_for(out, processor), samples, tmp_path)
     preds = [json.loads(line) for line in open(tmp_path / "predictions.jsonl")]
@@ -75,7 +75,7 @@ def test_evaluate_run_prints_table_ending_with_overall_line(stage2_run, synth_di
     from tests.conftest import stage_cfg
 
     out = stage2_run[1].output_dir
-    model, processor = load_trained(out)
+    model, processor, _ = load(out)
     cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path, 1)
     OmegaConf.update(cfg, "data.eval", [{"path": str(synth_dir / "eval.json")}], merge=False)
     summary = evaluate_run(cfg, model, processor)
@@ -88,7 +88,7 @@ def test_evaluate_run_prints_table_ending_with_overall_line(stage2_run, synth_di
 
 def test_open_format_exact_match_and_f1_from_predictions(stage2_run, synth_dir, tmp_path):
     out = stage2_run[1].output_dir
-    model, processor = load_trained(out)
+    model, processor, _ = load(out)
     assert cli_main(["eval", str(out), "--data", str(synth_dir / "eval.json"), "--format", "open",
                      "--max-items", "5", "--max-new-tokens", "4", "--out", str(tmp_path), "--no-progress"]) == 0
     preds = [json.loads(line) for line in open(tmp_path / "predictions.jsonl")]

@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -161,7 +162,7 @@ def test_remote_code_is_generated_from_the_package_and_standalone():
                 compressors.ResamplerCompressor, compressors.get_compressor):
         assert inspect.getsource(obj) in modeling_text
     assert inspect.getsource(processor_mod.LlavaCompareProcessor) in render("processing_llava_compare.py")
-    assert "IMAGE_PLACEHOLDER = '<image>'" in render("processing_llava_compare.py")
+    assert re.search(r"""IMAGE_PLACEHOLDER = ['"]<image>['"]""", render("processing_llava_compare.py"))
 
 
 @pytest.mark.parametrize("marker, system", [("Image {k}: ", None), ("Picture {k} -> ", "Be brief."), (None, "")])
@@ -386,7 +387,7 @@ def test_no_merge_export_keeps_a_peft_adapter(stage2, images, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from llava_compare.loading import load_for_inference
+    from llava_compare.loading import load
 
     stage_dir, trained, processor, builder = stage2
     out = tmp_path / "adapter_export"
@@ -405,7 +406,7 @@ def test_no_merge_export_keeps_a_peft_adapter(stage2, images, tmp_path):
     assert float((logits_of(base, ids, pixels) - reference).abs().max()) > 1e-3  # LoRA matters
     with_adapter = PeftModel.from_pretrained(base, str(out), subfolder="adapter")
     assert max_diff(logits_of(with_adapter, ids, pixels), reference, "1-native-adapter") < ATOL
-    model, proc = load_for_inference(out)  # generate/eval merge it themselves
+    model, proc, _ = load(out)  # generate/eval merge it themselves
     assert max_diff(logits_of(model, ids, pixels), reference, "1-native-adapter-merged") < ATOL
 
 

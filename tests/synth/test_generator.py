@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from llava_compare.synth import generator as synthetic
-from llava_compare.synth.generator import TASKS, SynthConfig, generate
+from llava_compare.synth.generator import TASKS, Difficulty, generate
 
 N_TRAIN, N_EVAL = 60, 30
 MC_TASKS = ("brightness", "blur", "count", "sharpest")
@@ -157,7 +157,7 @@ def test_answer_positions_balanced(data):
 @pytest.mark.parametrize("n", [1, 7, 103, 1000])
 def test_plan_balanced_for_many_sizes(n):
     rng = np.random.default_rng(n)
-    slots = synthetic._plan_split(n, TASKS, SynthConfig(), rng)
+    slots = synthetic._plan_split(n, TASKS, Difficulty(), rng)
     assert len(slots) == n
     per = Counter((s.task, s.n_images, s.answer_idx, s.change_type) for s in slots)
     for task in TASKS:
@@ -195,7 +195,7 @@ def test_eval_images_never_in_train(data):
 
 def test_collision_is_redrawn(tmp_path):
     """Forbid exactly the images the stream would produce: the first sample must be redrawn."""
-    ctx = synthetic._Ctx(64, SynthConfig())
+    ctx = synthetic.Ctx(64, Difficulty())
     slots = synthetic._plan_split(5, TASKS, ctx.cfg, np.random.default_rng(0))
     gen = synthetic._generate_split
     _, first, _ = gen(tmp_path / "a", "eval", slots, ctx, np.random.default_rng(1), set())
@@ -204,10 +204,10 @@ def test_collision_is_redrawn(tmp_path):
 
 
 def test_collision_that_never_resolves_fails_loudly():
-    constant = synthetic._Item([np.zeros((4, 4, 3), np.uint8)], "q", "a", None)
+    constant = synthetic.Item([np.zeros((4, 4, 3), np.uint8)], "q", "a", None)
     forbidden = {synthetic.image_hash(constant.images[0])}
-    slot = synthetic._Slot("caption", 1)
-    ctx = synthetic._Ctx(64, SynthConfig())
+    slot = synthetic.Slot("caption", 1)
+    ctx = synthetic.Ctx(64, Difficulty())
     with pytest.raises(RuntimeError, match="forbidden"):
         synthetic._generate_item(lambda *_: constant, np.random.default_rng(0), ctx, slot, forbidden)
 
@@ -323,7 +323,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
 )
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
-        SynthConfig(**kwargs)
+        Difficulty(**kwargs)
 
 
 def test_cli_main(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Every shipped recipe composes against the schema; bad keys fail early, naming valid keys."""
 
 import pytest
+from omegaconf import OmegaConf
 
 from llava_compare.train.config import ConfigError, available_recipes, compose_config
 from llava_compare.train.main import training_args
@@ -72,3 +73,17 @@ def test_7b_recipes_compose_with_every_dist_option(recipe, dist):
     args = training_args(cfg)
     assert bool(args.deepspeed) == dist.startswith("zero")
     assert bool(args.fsdp) == (dist == "fsdp")
+
+
+def test_dist_none_is_an_alias_of_ddp_not_a_copy():
+    """``dist=none`` keeps working, but the settings live in one file (copies drift apart)."""
+    from itertools import combinations
+
+    from llava_compare.train.config import REPO_ROOT
+
+    files = sorted((REPO_ROOT / "configs" / "dist").glob("*.yaml"))
+    for a, b in combinations(files, 2):
+        assert a.read_text() != b.read_text(), f"{a.name} and {b.name} are copies"
+    dists = [OmegaConf.to_container(compose_config(["recipe=tiny_demo_stage1", *d]).dist)
+             for d in (["dist=none"], ["dist=ddp"], [])]
+    assert dists[0] == dists[1] == dists[2] and dists[0]["name"] == "ddp"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llava_compare.loading import load_trained, unwrap
+from llava_compare.loading import load, unwrap
 from llava_compare.model.build import build_model
 from llava_compare.train.config import compose_config
 from llava_compare.train.main import run
@@ -56,7 +56,7 @@ def test_stage1_loss_decreases(stage1_run, synth_dir, tmp_path):
 
 def test_stage1_output_reloads_the_trained_compressor(stage1_run):
     _, result = stage1_run
-    reloaded, _ = load_trained(result.output_dir)
+    reloaded, _, _ = load(result.output_dir)
     trained = params(result.model, "compressor")
     assert all(torch.equal(trained[k], v) for k, v in params(reloaded, "compressor").items())
 
@@ -75,7 +75,7 @@ def test_stage2_trains_only_lora_and_compressor(stage2_run):
         assert torch.equal(p.detach(), before[key]), f"{name} changed in stage 2"
     first, last = first_last_loss(result.metrics)
     assert last < first - 0.1, (first, last)
-    merged, _ = load_trained(result.output_dir)  # LoRA merged back into plain Linear layers
+    merged, _, _ = load(result.output_dir)  # LoRA merged back into plain Linear layers
     assert not any("lora_" in n for n, _ in merged.named_parameters())
 
 
@@ -92,7 +92,7 @@ def _train_vision_stage2(stage1_run, synth_dir, out, layers: str):
     """A 3-step full stage 2 with the ViT trainable (``vision_trainable_layers=layers``): the
     stage-1 model it started from and the run."""
     _, s1 = stage1_run
-    start, _ = load_trained(s1.output_dir)
+    start, _, _ = load(s1.output_dir)
     cfg = stage_cfg("tiny_demo_stage2", synth_dir, out, 3, f"init_from={s1.output_dir}",
                     "stage=instruct_full", "peft=none", "stage.train_vision=true",
                     f"stage.vision_trainable_layers={layers}", "optim.vision_lr=1e-2")
@@ -108,7 +108,7 @@ def test_stage2_unfrozen_vision_tower_trains_and_reloads(stage1_run, synth_dir, 
     before, after = params(start, "vision_tower"), params(result.model, "vision_tower")
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > len(before) // 2, f"only {len(changed)}/{len(before)} ViT tensors changed"
-    reloaded, _ = load_trained(result.output_dir)
+    reloaded, _, _ = load(result.output_dir)
     for k, v in params(reloaded, "vision_tower").items():
         assert torch.equal(v, after[k]), f"{k} not reloaded from the stage output"
 
