@@ -50,6 +50,12 @@ class InputNorm(nn.Module):
         return x
 
 
+def _rms_to_target(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+    """Forward hook: ``[N, T, D]`` tokens rescaled to RMS ``module.target_rms`` each."""
+    rms = out.float().pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
+    return (out * (module.target_rms / rms)).to(out.dtype)
+
+
 class Compressor(nn.Module):
     """Base class: subclasses set ``num_tokens`` and implement ``forward`` (which starts with
     ``self.norm_in``). ``calibrated`` (a buffer) records that :func:`calibrate` has run."""
@@ -60,11 +66,16 @@ class Compressor(nn.Module):
         self.vision_dim, self.text_dim, self.grid = vision_dim, text_dim, grid
         self.num_tokens = self.output_tokens(grid, **params)
         self.norm_in = InputNorm(input_norm, vision_dim)
-        if output_scale not in ("none", "embedding_rms"):
-            raise ValueError(f"compressor output_scale must be none or embedding_rms; got {output_scale!r}")
+        if output_scale not in ("none", "embedding_rms", "rms_norm"):
+            raise ValueError(f"compressor output_scale must be none, embedding_rms or rms_norm; got {output_scale!r}")
         self.output_scale = output_scale
         if input_norm == "fixed" or output_scale != "none":  # only then: other state dicts stay as they were
             self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        if output_scale == "rms_norm":
+            # Every visual token rescaled to the word-embedding RMS, always (not only at init):
+            # left free, stage 1 grew them to 9x and stage 2 to 26x a word, and the LLM ignored them.
+            self.register_buffer("target_rms", torch.ones(()))
+            self.register_forward_hook(_rms_to_target)
 
     @property
     def needs_calibration(self) -> bool:
@@ -291,6 +302,8 @@ def calibrate(compressor: Compressor, features: torch.Tensor | None, target_rms:
         flat = features.reshape(-1, features.shape[-1]).float()  # [N*P, Dv]
         compressor.norm_in.mean.copy_(flat.mean(0))
         compressor.norm_in.std.copy_(flat.std(0).clamp(min=1e-6))
+    if compressor.output_scale == "rms_norm":
+        compressor.target_rms.fill_(target_rms)
     if compressor.output_scale == "embedding_rms":
         probe = features if features is not None else torch.randn(
             16, compressor.grid * compressor.grid, compressor.vision_dim, generator=torch.Generator().manual_seed(0))

@@ -107,3 +107,15 @@ def test_bad_option_values_are_refused():
         get_compressor({"type": "mlp", "input_norm": "batchnorm"}, DV, DT, GRID)
     with pytest.raises(ValueError, match="output_scale must be"):
         get_compressor({"type": "mlp", "output_scale": "unit"}, DV, DT, GRID)
+
+
+def test_rms_norm_output_keeps_every_token_at_the_target_scale_while_weights_grow():
+    feats = torch.randn(3, GRID * GRID, DV) * 4
+    comp = get_compressor({"type": "pool", "size": 2, "input_norm": "fixed", "output_scale": "rms_norm"}, DV, DT, GRID)
+    calibrate(comp, feats, target_rms=0.2)
+    with torch.no_grad():
+        comp.proj[-1].weight.mul_(30)  # what training did to the demo's projector
+    rms = comp(feats).pow(2).mean(-1).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, 0.2), rtol=1e-4)
+    comp(feats).sum().backward()  # gradients still flow
+    assert comp.proj[0].weight.grad is not None
