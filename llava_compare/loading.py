@@ -34,7 +34,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.pipeline import data_builder
 from .data.processor import LlavaCompareProcessor
-from .model.build import build_model, quantization_config
+from .model.build import DTYPES, build_model, quantization_config, resolve_attn_implementation
 from .model.lora import add_lora
 from .model.modeling import LlavaCompareForConditionalGeneration
 
@@ -95,34 +95,35 @@ def resolve_checkpoint(ref: str | Path) -> tuple[Path, Path | None]:
 
 
 # --- the loader ---------------------------------------------------------------------------------
-def load(ref: str | Path, merge: bool = True, load_in_4bit: bool = False
-         ) -> tuple[nn.Module, LlavaCompareProcessor, dict[str, Any]]:
+def load(ref: str | Path, merge: bool = True, load_in_4bit: bool = False,
+         runtime: dict[str, Any] | None = None) -> tuple[nn.Module, LlavaCompareProcessor, dict[str, Any]]:
     """(model, processor, meta) of a stage output, one of its ``checkpoint-N`` folders, an export
     folder or a hub id; the model in eval mode. ``meta`` is the folder's ``llava_compare.json``
     ({} when there is none).
 
     With ``merge`` LoRA is merged into the LLM; without, a LoRA stage gives a ``PeftModel``
     (exports are always merged). ``load_in_4bit`` loads a stage's LLM in 4-bit NF4 (QLoRA on
-    top of a previous stage).
+    top of a previous stage). ``runtime`` (``{"dtype": ..., "attn_implementation": ...}``) replaces
+    those keys of a stage's saved ``model:`` config: the next stage's choices (``train.init_from``).
     """
     path = Path(ref)
     if (path / META).is_file() and not is_export(path) or (path / TRAINABLE).is_file():
         stage_dir, ckpt = resolve_checkpoint(path)
-        model, processor, meta = _load_stage(stage_dir, ckpt, merge, load_in_4bit)
+        model, processor, meta = _load_stage(stage_dir, ckpt, merge, load_in_4bit, runtime)
     else:  # an export folder or a hub id (native, remote-code, llava-hf, or base + adapter/)
         model, processor = _load_exported(ref)
         meta = read_meta(ref)
     return model.eval(), processor, meta
 
 
-def _load_stage(stage_dir: Path, ckpt: Path | None, merge: bool, load_in_4bit: bool
-                ) -> tuple[nn.Module, LlavaCompareProcessor, dict[str, Any]]:
+def _load_stage(stage_dir: Path, ckpt: Path | None, merge: bool, load_in_4bit: bool,
+                runtime: dict[str, Any] | None = None) -> tuple[nn.Module, LlavaCompareProcessor, dict[str, Any]]:
     meta = json.loads((stage_dir / META).read_text())
     finished = (stage_dir / COMPRESSOR).is_file()
     if ckpt is None and not finished:
         raise FileNotFoundError(f"{stage_dir} has not finished (no {COMPRESSOR}); pass one of its "
                                 "checkpoint-N folders instead")
-    model = _start_model(stage_dir, meta, load_in_4bit)
+    model = _start_model(stage_dir, meta, load_in_4bit, runtime)
     if finished and ckpt is None:  # the stage's own product (also right when it was not trained)
         model.compressor.load_state_dict(load_file(str(stage_dir / COMPRESSOR)))
     if meta.get("stage", {}).get("train_llm") == "lora":
@@ -136,21 +137,46 @@ def _load_stage(stage_dir: Path, ckpt: Path | None, merge: bool, load_in_4bit: b
     return model, LlavaCompareProcessor.from_pretrained(proc_dir), meta
 
 
-def _start_model(stage_dir: Path, meta: dict[str, Any], load_in_4bit: bool) -> nn.Module:
+def _start_model(stage_dir: Path, meta: dict[str, Any], load_in_4bit: bool,
+                 runtime: dict[str, Any] | None = None) -> nn.Module:
     """The model a stage started from, before its LoRA (see the module docstring)."""
-    model_cfg = {**meta["model"], "llm": {**meta["model"]["llm"], "load_in_4bit": load_in_4bit}}
+    model_cfg = {**meta["model"], **(runtime or {}),
+                 "llm": {**meta["model"]["llm"], "load_in_4bit": load_in_4bit}}
     if (stage_dir / "model.safetensors").is_file() or (stage_dir / "model.safetensors.index.json").is_file():
-        return LlavaCompareForConditionalGeneration.from_pretrained(
-            stage_dir, quantization_config=quantization_config(model_cfg))
+        return _from_saved_base(stage_dir, model_cfg, runtime is not None)
     init_from = meta.get("init_from")
     if init_from and ((Path(init_from) / META).is_file() or (Path(init_from) / TRAINABLE).is_file()):
-        return load(init_from, merge=True, load_in_4bit=load_in_4bit)[0]
+        return load(init_from, merge=True, load_in_4bit=load_in_4bit, runtime=runtime)[0]
     if init_from:
         log.warning("%s was trained from %s, which is gone: rebuilding its base from the config "
                     "(anything %s trained besides the compressor is missing)", stage_dir, init_from, init_from)
     init = model_cfg.get("compressor_init")
     model, _ = build_model({**model_cfg, "compressor_init": init if init and Path(init).is_file() else None})
     return model
+
+
+def _from_saved_base(stage_dir: Path, model_cfg: dict[str, Any], apply_runtime: bool) -> nn.Module:
+    """A base saved whole (built from config: no hub id to re-load it from); with
+    ``apply_runtime``, in ``model_cfg``'s dtype and attention kernel instead of as saved."""
+    if not apply_runtime:
+        return LlavaCompareForConditionalGeneration.from_pretrained(
+            stage_dir, quantization_config=quantization_config(model_cfg))
+    attn = resolve_attn_implementation(model_cfg.get("attn_implementation", "auto"))
+    model = LlavaCompareForConditionalGeneration.from_pretrained(
+        stage_dir, quantization_config=quantization_config(model_cfg), dtype=DTYPES[model_cfg.get("dtype", "float32")])
+    # the ViT has no FlashAttention-2 path here: it keeps sdpa, as build_model sets it
+    model.set_attn_implementation({"text_config": attn,
+                                   "vision_config": "sdpa" if attn == "flash_attention_2" else attn})
+    return model
+
+
+def stage_meta(ref: str | Path) -> dict[str, Any]:
+    """``llava_compare.json`` of a stage output, of the stage a ``checkpoint-N`` folder belongs
+    to, or of an export ({} when there is none), without loading any weights."""
+    path = Path(ref)
+    if not (path / META).is_file() and (path / TRAINABLE).is_file():
+        path = path.parent
+    return read_meta(path)
 
 
 # --- loading an export -----------------------------------------------------------------------------

@@ -56,7 +56,8 @@ class CompareCollator:
     def __call__(self, items: Sequence[dict[str, Any] | SkippedSample | None]) -> dict[str, Any]:
         kept = [it for it in items if isinstance(it, dict)]
         if not kept:
-            # Every sample of this batch was skipped; the trainer treats an empty batch as a no-op.
+            # Every sample of this batch was skipped: an empty batch (training replaces it with
+            # masked filler, train/filler.py, so that every rank still runs its forward).
             batch: dict[str, Any] = {"input_ids": torch.zeros(0, 0, dtype=torch.long), "sample_ids": []}
         elif self.packing:
             batch = self._layout(kept, pack_first_fit([len(it["input_ids"]) for it in kept], self.max_length))

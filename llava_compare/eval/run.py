@@ -35,6 +35,7 @@ from .formats import EVAL_FORMATS
 from .metrics import format_summary, normalize, summarize, token_f1  # noqa: F401  (public API)
 from .scoring import (MODES, PADDING_SIDES, batch_option_logliks, ensure_prepared, prepare_all,
                            score_items)
+from .sharded import score_on_all_ranks, world
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,10 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
     predictions.jsonl, submission.json and report.html there. Samples from the training readers
     are taken as ``mcq`` items (options -> multiple choice, none -> free form). ``skipped``: rows
     the reader already dropped, by reason (reported with the ones dropped here). ``judge``: a
-    causal LM (folder or hub id) that also scores the free-form answers 0-5 (``eval.judge``)."""
+    causal LM (folder or hub id) that also scores the free-form answers 0-5 (``eval.judge``).
+
+    Under ``torchrun`` every rank must call this with the same samples: each scores a share
+    (``sharded.py``) and every rank returns the summary of all items."""
     from . import report
 
     was_training = model.training
@@ -76,8 +80,8 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
     if dropped:
         log.warning("skipped %d items: %s", sum(dropped.values()), dropped)
     try:
-        records = score_items(model, processor, builder, kept, mode, batch_size, max_new_tokens,
-                              padding_side, progress)
+        records = score_on_all_ranks(model, processor, builder, kept, mode, batch_size, max_new_tokens,
+                                     padding_side, progress)
     finally:
         model.train(was_training)
     if judge:
@@ -99,7 +103,8 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
 
 def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -> dict[str, Any]:
     """Evaluate a just-trained model on ``cfg.data.eval``; prints the table. Outputs go to
-    ``<output_dir>/eval/``."""
+    ``<output_dir>/eval/``. Under ``torchrun`` every rank calls this (the model may be sharded);
+    rank 0 writes and prints."""
     from omegaconf import OmegaConf
 
     from ..data.formats import SourceSpec, read_sources
@@ -109,11 +114,13 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
     samples = read_sources(specs, on_error="skip")
     info = {"model": {"path": str(Path(cfg.output_dir).resolve()), "source": "end of training"},
             "data": {"paths": [s.path for s in specs], "format": "mcq", "skipped": dict(samples.skipped)}}
+    first = world()[0] == 0
     summary = evaluate_samples(model, processor, make_builder(cfg, processor), samples,
-                               Path(cfg.output_dir) / "eval", cfg.eval.max_new_tokens,
+                               Path(cfg.output_dir) / "eval" if first else None, cfg.eval.max_new_tokens,
                                batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info,
-                               skipped=samples.skipped)
-    print(format_summary(summary), flush=True)
+                               skipped=samples.skipped, progress=first)
+    if first:
+        print(format_summary(summary), flush=True)
     return summary
 
 

@@ -161,15 +161,18 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     )
     config.text_config._attn_implementation = attn
     config.vision_config._attn_implementation = "sdpa" if attn == "flash_attention_2" else attn
-    torch.manual_seed(model_cfg.get("seed", 0))  # tiny parts and the compressor: fixed init
-    model = LlavaCompareForConditionalGeneration(config)
+    # Loaded parts come in as they are; only the compressor and parts without a hub id / folder
+    # (tiny, from config) are initialised -- never a random full-size LLM that is then replaced.
+    vision = llm = None
     if vcfg.get("name_or_path"):
-        model.vision_tower = load_tower(vcfg["name_or_path"], config.vision_config, dtype,
-                                        config.vision_config._attn_implementation)
+        vision = load_tower(vcfg["name_or_path"], config.vision_config, dtype,
+                            config.vision_config._attn_implementation)
     quant = quantization_config(model_cfg)
     if tcfg.get("name_or_path"):
-        model.language_model = AutoModelForCausalLM.from_pretrained(
-            tcfg["name_or_path"], dtype=dtype, attn_implementation=attn, quantization_config=quant)
+        llm = AutoModelForCausalLM.from_pretrained(tcfg["name_or_path"], dtype=dtype, attn_implementation=attn,
+                                                   quantization_config=quant)
+    torch.manual_seed(model_cfg.get("seed", 0))  # tiny parts and the compressor: fixed init
+    model = LlavaCompareForConditionalGeneration(config, vision_tower=vision, language_model=llm)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if quant is None:

@@ -54,14 +54,19 @@ class LlavaComparePreTrainedModel(PreTrainedModel):
 class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, GenerationMixin):
     """ViT + compressor + LLM with a KV-cached ``generate()`` over interleaved multi-image prompts."""
 
-    def __init__(self, config: LlavaCompareConfig):
+    def __init__(self, config: LlavaCompareConfig, vision_tower: nn.Module | None = None,
+                 language_model: nn.Module | None = None):
+        """Sub-models given here (already loaded with ``from_pretrained``) are used as they are:
+        neither built at random first nor re-initialised. The others are built from ``config``."""
         super().__init__(config)
-        self.vision_tower = tower_from_config(config.vision_config)
+        self.vision_tower = (vision_tower if vision_tower is not None
+                             else tower_from_config(config.vision_config))
         self.compressor = get_compressor(
             config.compressor, config.vision_feature_dim, config.text_config.hidden_size,
             config.patch_grid,
         )
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = (language_model if language_model is not None
+                               else AutoModelForCausalLM.from_config(config.text_config))
         self.post_init()
 
     # --- embeddings plumbing, delegated so resize_token_embeddings / peft / generate work ----------

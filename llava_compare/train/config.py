@@ -49,7 +49,9 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
                                       "MissingConfigException", "OverrideParseException"):
             raise
         raise ConfigError(f"{err}{_valid_keys_hint(str(err))}") from err
-    return validate(raw, recipe)
+    cfg = validate(raw, recipe)
+    cfg.overrides = overrides  # what the command line set (init_from tells it from recipe defaults)
+    return cfg
 
 
 def _valid_keys_hint(message: str) -> str:

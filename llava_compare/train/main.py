@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from ..data.pipeline import make_builder
-from ..loading import load, unwrap
+from ..loading import load, stage_meta, unwrap
 from ..data.collator import CompareCollator
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
@@ -28,6 +28,8 @@ from ..data.problems import ProblemLog
 from ..model.build import build_model
 from ..inspection import log_example
 from .config import REPO_ROOT, compose_config
+from .filler import FillSkippedBatches, first_usable_sample
+from .init_from import stage_model_config
 from .outputs import save_base, save_trained
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
@@ -75,12 +77,16 @@ def ensure_synth_data(cfg: DictConfig) -> None:
 def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The model to train: from ``init_from`` (a previous stage's output) or built from config."""
     if cfg.init_from:
-        quantize = bool(cfg.model.llm.load_in_4bit)
-        model, processor, meta = load(cfg.init_from, merge=True, load_in_4bit=quantize)
+        meta = stage_meta(cfg.init_from)
         if "model" not in meta:
             raise ValueError(f"init_from={cfg.init_from} has no llava_compare.json with the model config: "
                              "give a stage output, one of its checkpoint-N folders or a llava_compare export")
-        model_cfg = {**meta["model"], "llm": {**meta["model"]["llm"], "load_in_4bit": quantize}}
+        # structure from the earlier stage, attention / dtype / 4-bit from this stage's config
+        # (checked before any weight is loaded: a conflicting override fails at once)
+        model_cfg = stage_model_config(meta["model"], OmegaConf.to_container(cfg.model),
+                                       cfg.get("overrides") or [], cfg.init_from)
+        model, processor, _ = load(cfg.init_from, merge=True, load_in_4bit=model_cfg["llm"]["load_in_4bit"],
+                                   runtime={k: model_cfg[k] for k in ("dtype", "attn_implementation")})
         log.info("initialised from %s (stage %s)", cfg.init_from, meta.get("stage", {}).get("name"))
     else:
         model_cfg = OmegaConf.to_container(cfg.model)
@@ -217,8 +223,10 @@ def run(cfg: DictConfig) -> RunResult:
     skips = SkipMonitor(cfg.data.log_skips_every, cfg.data.max_skip_rate, cfg.data.skip_rate_min_samples)
     trainer = CompareTrainer(
         model=model, args=training_args(cfg), train_dataset=train_set,
-        data_collator=CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
-                                      max_length=cfg.data.max_length, report_skips=True),
+        data_collator=FillSkippedBatches(
+            CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
+                            max_length=cfg.data.max_length, report_skips=True),
+            filler=first_usable_sample(train_set)),
         processing_class=processor,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
     )
@@ -236,15 +244,19 @@ def run(cfg: DictConfig) -> RunResult:
         save_trained(trainer.model, cfg.output_dir, trained)
         (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("saved stage output to %s", cfg.output_dir)
-        if cfg.eval.enabled and cfg.data.eval and cfg.eval.mode == "generate":
+    if cfg.eval.enabled and cfg.data.eval and cfg.eval.mode == "generate":
+        # The generate-mode report (the demo's) runs in one process (single process or DDP; not
+        # ZeRO-3 / FSDP, whose forwards need every rank).
+        if trainer.is_world_process_zero():
             from ..eval.user_report import user_report_run
 
             with autocast(cfg):
                 metrics["eval"] = user_report_run(cfg, unwrap(trainer.model), processor, builder, chats)
-        elif cfg.eval.enabled and cfg.data.eval:
-            from ..eval.run import evaluate_run
+    elif cfg.eval.enabled and cfg.data.eval:
+        from ..eval.run import evaluate_run
 
-            metrics["eval"] = evaluate_run(cfg, unwrap(trainer.model), processor)
+        # On every rank: under ZeRO-3 / FSDP each forward gathers weights from all of them.
+        metrics["eval"] = evaluate_run(cfg, unwrap(trainer.model), processor)
     return RunResult(Path(cfg.output_dir), trainer.model, metrics)
 
 

@@ -6,12 +6,15 @@ all come from ``transformers.Trainer``. We change only:
 - optimizer groups with a learning rate per component (``stages.param_groups``);
 - checkpoints hold only the trained parameters (``trainable.safetensors``) -- a stage-1 run over a
   frozen 7B LLM must not write 14 GB per checkpoint -- plus optimizer/scheduler/RNG/step as usual;
+  DeepSpeed's own checkpoint leaves the frozen weights out too, and under ZeRO-3 / FSDP2 a save
+  gathers only the trained tensors (``sharded_state.py``);
 - checkpoints are staged, marked complete, renamed into place and pruned (``checkpoints.py``),
   and carry the number of samples seen;
 - a non-finite loss stops the run before the optimizer step (``guards.py``), naming the batch's
   ``sample_ids`` (which the collator carries and we drop before the forward);
-- a batch whose samples were all skipped is a no-op step instead of a crash, and each batch's
-  skip report (``collator.SKIP_STATS_KEY``) goes to the ``SkipMonitor`` before the forward pass.
+- a micro-batch whose samples were all skipped arrives as masked filler (``filler.py``) and
+  trains with loss 0 through the same modules, so every rank stays in step under ZeRO-3/FSDP;
+  each batch's skip report (``collator.SKIP_STATS_KEY``) goes to the ``SkipMonitor`` first.
 """
 
 from __future__ import annotations
@@ -21,16 +24,21 @@ import os
 from typing import Any
 
 import torch
+from accelerate.utils import DeepSpeedSchedulerWrapper
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+from transformers.trainer import SCHEDULER_NAME
 
 from ..loading import TRAINABLE, load_named
 from ..data.collator import SKIP_STATS_KEY
 from .checkpoints import (clear_staging, commit, prune, read_marker, require_rng_files, staging_root,
                           write_marker)
 from .fault_injection import maybe_kill
+from .filler import FILLER_KEY
 from .guards import check_finite
-from .stages import param_groups, trainable_state_dict
+from .sharded_state import gather_trainable
+from .stages import param_groups
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +102,52 @@ class CompareTrainer(Trainer):
         stats = inputs.pop(SKIP_STATS_KEY, None)  # not a model input
         if self.skip_monitor is not None:
             self.skip_monitor.record(stats)
-        if inputs["input_ids"].numel() == 0:  # every sample of the batch was skipped
-            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            return (zero, None) if return_outputs else zero
+        if inputs.pop(FILLER_KEY, False):
+            # Every label is masked: the loss is exactly 0 (not 0/0: the count of labelled tokens
+            # of a step whose micro-batches were all filler is 0), and so is every gradient.
+            num_items_in_batch = None
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def trainable_state(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Full (unsharded) values of the trained parameters. Under ZeRO-3 / FSDP each rank holds
-        a shard, so the state is gathered first -- a collective every rank must enter."""
-        names = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        if state_dict is None and (self.is_fsdp_enabled or (
-                self.is_deepspeed_enabled and self.accelerator.deepspeed_config["zero_optimization"]["stage"] == 3)):
-            state_dict = self.accelerator.get_state_dict(self.model_wrapped)
-        if state_dict is None:
-            return trainable_state_dict(self.model)
-        return {n: t.detach().cpu().contiguous() for n, t in state_dict.items() if n in names}
+        """Full (unsharded) values of the trained parameters, on every rank. Under ZeRO-3 / FSDP
+        each rank holds a shard of each, so they are gathered -- only they, never the frozen
+        model -- in collectives every rank must enter."""
+        if state_dict is None and self.is_fsdp_enabled and getattr(
+                self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1:
+            state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # FSDP1: flat shards
+        if state_dict is not None:
+            names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            return {n: t.detach().cpu().contiguous() for n, t in state_dict.items() if n in names}
+        return gather_trainable(self.model)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # The Trainer's save under ZeRO-3 / FSDP gathers the whole model first; ``_save`` keeps
+        # only the trained tensors anyway, so gather just those.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            self._save(output_dir, state_dict=self.trainable_state())
+        else:
+            super().save_model(output_dir, _internal_call)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        # transformers excludes frozen parameters from DeepSpeed's checkpoint only for PEFT
+        # models; stage 1 and full fine-tuning would write the whole frozen model on every save.
+        # The module state here only serves resuming, and the frozen weights come from the base.
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
+    def _prepare_for_training(self, max_steps: int, train_dataloader: Any, resume_from_checkpoint: Any) -> Any:
+        if not (self.is_deepspeed_enabled and resume_from_checkpoint):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        # Our DeepSpeed checkpoints lack the frozen weights (see above), which the Trainer's
+        # strict load would call missing: load them non-strictly, the rest as the Trainer does.
+        model, loader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=False)
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return model, loader
 
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)

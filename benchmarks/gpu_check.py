@@ -1,0 +1,248 @@
+"""``make gpu-check``: what only a CUDA GPU can show, in one run of about 5 minutes on an
+H100/H200-class GPU, with no downloads (every model is random, built from config).
+
+    python benchmarks/gpu_check.py [--steps 6] [--out outputs/gpu_check]
+    python benchmarks/gpu_check.py --dry-run     # CPU: compose every arm, one tiny step each
+
+1. ``packing``: bf16 + FlashAttention-2 (sdpa when flash-attn is not installed; the report says
+   which ran), packed vs unpacked: the log-probabilities of every answer token must agree (a
+   packed row that leaks attention across samples changes them by O(1), bf16 noise is ~1e-2).
+2. ``stage2_lora_7b`` and the arms of ``make bench`` at that scale: a LLaMA-2-7B-shaped LLM and a
+   CLIP-L/14-336-shaped ViT, bf16, gradient checkpointing, LoRA r128 on the LLM (the
+   ``stage2_lora`` recipe) and the compressor trained:
+   (a) transformers' ``LlavaForConditionalGeneration``, padded, 576 tokens per image;
+   (b) ours, ``mlp`` (576 tokens per image), packed -- this is the stage-2 LoRA run itself;
+   (c) ours, ``resampler`` (64 tokens per image), packed.
+   Each: real tokens/s, samples/s, MFU against the GPU's dense bf16 peak (4N FLOPs per real
+   token with LoRA, N = the weights a token's forward and backward cross) and peak memory.
+   Arms train LoRA, not ``make bench``'s full fine-tuning: AdamW state for a full 7B does not fit
+   one 80 GB GPU. ``make bench``'s arm (d), the stage-1 feature cache, measures disk and CPU
+   work and is left to ``make bench``.
+
+Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` (the table BENCHMARKS.md shows, with the
+date and the GPU). Numbers come from running it; none are assumed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.arms` from a plain script
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from benchmarks import arms  # noqa: E402
+from llava_compare.data.collator import CompareCollator  # noqa: E402
+from llava_compare.data.conversation import IGNORE  # noqa: E402
+from llava_compare.data.dataset import CompareDataset  # noqa: E402
+from llava_compare.data.pipeline import make_builder  # noqa: E402
+from llava_compare.model.build import build_model  # noqa: E402
+from llava_compare.train.config import compose_config  # noqa: E402
+from llava_compare.train.stages import configure_stage  # noqa: E402
+
+# Model shapes built from config (name_or_path=null): the real geometry, random weights.
+SCALES = {
+    "7b": [  # CLIP ViT-L/14 at 336 px + LLaMA-2-7B (Vicuna-7B v1.5's shape)
+        "model.vision.image_size=336", "model.vision.patch_size=14", "model.vision.hidden_size=1024",
+        "model.vision.num_layers=24", "model.vision.num_heads=16", "model.vision.intermediate_size=4096",
+        "model.llm.hidden_size=4096", "model.llm.num_layers=32", "model.llm.num_heads=32",
+        "model.llm.intermediate_size=11008", "model.llm.vocab_size=32000", "model.llm.max_position_embeddings=4096",
+        "model.dtype=bfloat16", "model.attn_implementation=auto",
+    ],
+    "dry": [  # the same code path at toy size, for CPU
+        "model.vision.image_size=56", "model.vision.patch_size=14", "model.vision.hidden_size=32",
+        "model.vision.num_layers=2", "model.vision.num_heads=2", "model.vision.intermediate_size=64",
+        "model.llm.hidden_size=64", "model.llm.num_layers=2", "model.llm.num_heads=2",
+        "model.llm.intermediate_size=128", "model.llm.vocab_size=512", "model.llm.max_position_embeddings=4096",
+        "model.dtype=float32", "model.attn_implementation=sdpa",
+    ],
+}
+ROW = 4096  # packed row length: two or three 2-image samples at 576 tokens per image
+# Dense bf16 tensor-core peak (no sparsity), FLOP/s, by the name torch reports. Other GPUs: the
+# measured matmul ceiling stands in (the report says which).
+BF16_PEAK = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12,
+             "H100 NVL": 835e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "RTX 4090": 165e12}
+
+
+def config(scale: str, compressor: str, packing: bool, data_dir: Path) -> Any:
+    """The ``stage2_lora`` recipe at ``scale``, built from config (no downloads)."""
+    return compose_config(["recipe=stage2_lora", "init_from=null", "model.vision.name_or_path=null",
+                           "model.llm.name_or_path=null", *SCALES[scale], f"model/compressor={compressor}",
+                           f"data.train=[{{path: {data_dir}/train.json}}]", "data.synth=null",
+                           f"data.packing={str(packing).lower()}", f"data.max_length={ROW}", "logger=none"])
+
+
+def gpu_peak(dev: torch.device) -> tuple[float, str]:
+    """(dense bf16 FLOP/s, where the number comes from)."""
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        for key, flops in BF16_PEAK.items():
+            if key in name:
+                return flops, f"{name}: datasheet dense bf16"
+    from benchmarks.throughput import matmul_ceiling
+
+    return matmul_ceiling(dev, seconds=1.0), "measured matmul ceiling"
+
+
+def build(scale: str, arm: str, data_dir: Path, samples: list, dev: torch.device) -> tuple[Any, Any, Any]:
+    """(model with LoRA + trained compressor, dataset, collator) of arm a, b or c, on ``dev``."""
+    cfg = config(scale, arms.COMPRESSOR[arm], arm != "a", data_dir)
+    torch.manual_seed(0)
+    with dev:  # random init on the GPU: a 7B init on the CPU would take minutes
+        model, processor = build_model(OmegaConf.to_container(cfg.model))
+        if arm == "a":  # transformers' LLaVA in our dtype, the same weights
+            model = lora_llava_hf(arms.to_llava_hf(model).to(model.dtype), cfg.peft)
+        else:
+            model = configure_stage(model, cfg.stage, cfg.peft)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    dataset = CompareDataset(samples, processor, make_builder(cfg, processor), ROW, on_error="raise")
+    collator = CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing, max_length=ROW)
+    return model.train(), dataset, collator
+
+
+def lora_llava_hf(model: torch.nn.Module, peft_cfg: Any) -> torch.nn.Module:
+    """Arm (a) trained as ours: LoRA on the LLM's linear layers, the projector in full."""
+    from peft import LoraConfig, get_peft_model
+
+    names = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+    lora = get_peft_model(model, LoraConfig(r=peft_cfg.r, lora_alpha=peft_cfg.alpha, lora_dropout=peft_cfg.dropout,
+                                            target_modules=rf"^model\.language_model\..*\.({names})$"))
+    # trained in fp32 as our compressor is (bf16 weights would lose small updates)
+    lora.base_model.model.model.multi_modal_projector.float().requires_grad_(True)
+    return lora
+
+
+def token_counts(batch: dict[str, Any]) -> tuple[int, int]:
+    """(samples, real tokens) of a padded, row-packed or flattened batch."""
+    if "attention_mask" in batch:
+        real = int(batch["attention_mask"].sum())
+    elif "segment_ids" in batch:
+        real = int((batch["segment_ids"] > 0).sum())
+    else:  # flattened packing (one row, no padding)
+        real = batch["input_ids"].numel()
+    return len(batch["sample_ids"]), real
+
+
+def autocast(dev: torch.device) -> Any:
+    """bf16 compute as the Trainer runs it on a GPU (``optim.bf16``); plain fp32 on the CPU."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+
+def answer_logprobs(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """log p of every answer token of the batch, sorted (packed and padded orders differ)."""
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    out = model(**batch)
+    shift = batch["labels"][:, 1:]
+    target = shift[shift != IGNORE]
+    return out.logits.float().log_softmax(-1).gather(-1, target[:, None])[:, 0].sort().values
+
+
+@torch.no_grad()
+def check_packing(scale: str, data_dir: Path, samples: list, dev: torch.device) -> dict[str, Any]:
+    model, dataset, _ = build(scale, "b", data_dir, samples[:3], dev)
+    model.eval()
+    items = [dataset[i] for i in range(3)]
+    pad = dataset.processor.tokenizer.pad_token_id
+    packed = CompareCollator(pad, packing=True, max_length=ROW)(items)
+    padded = CompareCollator(pad)(items)
+    with autocast(dev):
+        lp_packed, lp_padded = (answer_logprobs(model, {k: v.to(dev) if torch.is_tensor(v) else v
+                                                        for k, v in b.items()}) for b in (packed, padded))
+    diff = float((lp_packed - lp_padded).abs().max())
+    attn = model.config.text_config._attn_implementation
+    del model
+    return {"attention": attn, "dtype": SCALES[scale][-2].split("=")[1], "answer_tokens": int(lp_packed.numel()),
+            "max_abs_diff_logprob": diff, "ok": diff < 0.1}
+
+
+def train_arm(scale: str, arm: str, data_dir: Path, samples: list, steps: int, batch_size: int,
+              dev: torch.device, peak: float) -> dict[str, Any]:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    model, dataset, collator = build(scale, arm, data_dir, samples[:batch_size * (steps + 1)], dev)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
+    real = n_samples = 0
+    start = 0.0
+    for step, batch in enumerate(loader):
+        if step == 1:
+            arms._sync(dev)
+            start = time.perf_counter()  # step 0 is the warm-up (kernels, allocator)
+        n, tokens = token_counts(batch)
+        batch = {k: v.to(dev) for k, v in batch.items() if torch.is_tensor(v)}
+        with autocast(dev):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= 1:
+            real, n_samples = real + tokens, n_samples + n
+    arms._sync(dev)
+    seconds = time.perf_counter() - start
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    n_params = arms.model_params(base)  # weights a token's forward and backward cross
+    result = {"arm": arm, "compressor": arms.COMPRESSOR[arm], "packing": arm != "a", "steps_timed": steps,
+              "samples_per_s": n_samples / seconds, "real_tokens_per_s": real / seconds,
+              "model_params_n": n_params, "mfu_4n": 4 * n_params * real / seconds / peak,
+              "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None,
+              "last_loss": float(loss.detach())}
+    del model, opt
+    return result
+
+
+def table(report: dict[str, Any]) -> str:
+    p = report["packing"]
+    rows = [f"{report['date']}, {report['device']}, torch {report['torch']}; peak {report['peak_flops'] / 1e12:.0f} "
+            f"TFLOP/s ({report['peak_source']})", "",
+            f"packing ({p['attention']}, {p['dtype']}): max |log p packed - log p padded| over "
+            f"{p['answer_tokens']} answer tokens = {p['max_abs_diff_logprob']:.3g} ({'ok' if p['ok'] else 'LEAK'})", "",
+            "| arm | real tokens/s | samples/s | MFU (4N) | peak memory (GiB) | trainable params |",
+            "|---|---|---|---|---|---|"]
+    for r in report["arms"].values():
+        mem = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+        rows.append(f"| ({r['arm']}) {r['compressor']}{', packed' if r['packing'] else ', padded'} | "
+                    f"{r['real_tokens_per_s']:.0f} | {r['samples_per_s']:.2f} | {r['mfu_4n']:.3f} | {mem} | "
+                    f"{r['trainable_params'] / 1e6:.1f} M |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, one timed step per arm")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per arm (after one warm-up)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", default="outputs/gpu_check")
+    args = ap.parse_args(argv)
+    scale, steps, batch_size = ("dry", 1, 2) if args.dry_run else ("7b", args.steps, args.batch_size)
+    dev = torch.device("cpu") if args.dry_run else torch.device("cuda")
+    if not args.dry_run and not torch.cuda.is_available():
+        raise SystemExit("make gpu-check needs a CUDA GPU; `python benchmarks/gpu_check.py --dry-run` runs on CPU")
+    out = Path(args.out)
+    spec = arms.BenchSpec(samples=batch_size * steps, batch_size=batch_size, captions=1, data_dir=out / "data")
+    arms.make_data(spec)
+    samples = arms.bench_samples(spec)
+    peak, source = gpu_peak(dev)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"), "command": f"python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)",
+        "torch": torch.__version__, "scale": scale, "peak_flops": peak, "peak_source": source,
+        "packing": check_packing(scale, spec.data_dir, samples, dev),
+        "arms": {arm: train_arm(scale, arm, spec.data_dir, samples, steps, batch_size, dev, peak) for arm in "abc"},
+    }
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    (out / "gpu_check.md").write_text(table(report) + "\n")
+    print(table(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
