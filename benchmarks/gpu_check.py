@@ -64,7 +64,7 @@ SCALES = {
         "model.dtype=float32", "model.attn_implementation=sdpa",
     ],
 }
-ROW = 4096  # packed row length: two or three 2-image samples at 576 tokens per image
+ROW = 4096  # data.max_length (per sample); packing flattens each micro-batch into one row
 # Dense bf16 tensor-core peak (no sparsity), FLOP/s, by the name torch reports. Other GPUs: the
 # measured matmul ceiling stands in (the report says which).
 BF16_PEAK = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12,
@@ -103,7 +103,7 @@ def build(scale: str, arm: str, data_dir: Path, samples: list, dev: torch.device
             model = configure_stage(model, cfg.stage, cfg.peft)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dataset = CompareDataset(samples, processor, make_builder(cfg, processor), ROW, on_error="raise")
-    collator = CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing, max_length=ROW)
+    collator = CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing)
     return model.train(), dataset, collator
 
 
@@ -120,11 +120,9 @@ def lora_llava_hf(model: torch.nn.Module, peft_cfg: Any) -> torch.nn.Module:
 
 
 def token_counts(batch: dict[str, Any]) -> tuple[int, int]:
-    """(samples, real tokens) of a padded, row-packed or flattened batch."""
+    """(samples, real tokens) of a padded or flattened (packed) batch."""
     if "attention_mask" in batch:
         real = int(batch["attention_mask"].sum())
-    elif "segment_ids" in batch:
-        real = int((batch["segment_ids"] > 0).sum())
     else:  # flattened packing (one row, no padding)
         real = batch["input_ids"].numel()
     return len(batch["sample_ids"]), real
@@ -150,7 +148,7 @@ def check_packing(scale: str, data_dir: Path, samples: list, dev: torch.device) 
     model.eval()
     items = [dataset[i] for i in range(3)]
     pad = dataset.processor.tokenizer.pad_token_id
-    packed = CompareCollator(pad, packing=True, max_length=ROW)(items)
+    packed = CompareCollator(pad, packing=True)(items)
     padded = CompareCollator(pad)(items)
     with autocast(dev):
         lp_packed, lp_padded = (answer_logprobs(model, {k: v.to(dev) if torch.is_tensor(v) else v

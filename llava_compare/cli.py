@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
+        from .train.quiet import quiet_startup_on_other_ranks
+
+        quiet_startup_on_other_ranks()  # before transformers, peft and DeepSpeed are imported
         from .train.main import main as train_main
 
         return train_main(argv[1:])

@@ -12,7 +12,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.processor import LlavaCompareProcessor
 from .data.sample import IMAGE_PLACEHOLDER, Message, Sample
-from .loading import builder_for, load
+from .loading import builder_for, device_arg, load, to_device
 
 
 def question_sample(prompt: str, images: list[Any]) -> Sample:
@@ -26,7 +26,11 @@ def generate_answer(model: nn.Module, processor: LlavaCompareProcessor, builder:
                     sample: Sample, max_new_tokens: int = 32, streamer: Any = None) -> str:
     """Greedy answer to ``sample``'s last user turn (its final assistant turn is ignored)."""
     inputs = processor(conversation=sample, builder=builder, images=sample.images, add_generation_prompt=True)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+    param = next(p for p in model.parameters() if p.is_floating_point())  # where and how the model runs
+    inputs = {k: v.to(param.device, param.dtype) if k == "pixel_values" else v.to(param.device)
+              for k, v in inputs.items()}
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                         eos_token_id=builder.stop_token_ids(model.generation_config.eos_token_id))
     return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
@@ -37,11 +41,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--stream", action="store_true", help="print the answer token by token as it is generated")
+    p.add_argument("--device", default="auto", type=device_arg,
+                   help="auto (CUDA when present, in bf16; default), cpu, cuda or cuda:N")
     p.set_defaults(handler=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     model, processor, _ = load(args.model)
+    model = to_device(model, args.device)
     builder = builder_for(args.model, processor)
     streamer = None
     if getattr(args, "stream", False):

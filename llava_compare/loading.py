@@ -34,7 +34,7 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.pipeline import data_builder
 from .data.processor import LlavaCompareProcessor
-from .model.build import DTYPES, build_model, quantization_config, resolve_attn_implementation
+from .model.build import DTYPES, build_model, quantization_config, quantized_device_map, resolve_attn_implementation
 from .model.lora import add_lora
 from .model.modeling import LlavaCompareForConditionalGeneration
 
@@ -158,12 +158,13 @@ def _start_model(stage_dir: Path, meta: dict[str, Any], load_in_4bit: bool,
 def _from_saved_base(stage_dir: Path, model_cfg: dict[str, Any], apply_runtime: bool) -> nn.Module:
     """A base saved whole (built from config: no hub id to re-load it from); with
     ``apply_runtime``, in ``model_cfg``'s dtype and attention kernel instead of as saved."""
+    quant = quantization_config(model_cfg)
+    placement = {} if quant is None else {"device_map": quantized_device_map()}  # this rank's GPU
     if not apply_runtime:
-        return LlavaCompareForConditionalGeneration.from_pretrained(
-            stage_dir, quantization_config=quantization_config(model_cfg))
+        return LlavaCompareForConditionalGeneration.from_pretrained(stage_dir, quantization_config=quant, **placement)
     attn = resolve_attn_implementation(model_cfg.get("attn_implementation", "auto"))
     model = LlavaCompareForConditionalGeneration.from_pretrained(
-        stage_dir, quantization_config=quantization_config(model_cfg), dtype=DTYPES[model_cfg.get("dtype", "float32")])
+        stage_dir, quantization_config=quant, dtype=DTYPES[model_cfg.get("dtype", "float32")], **placement)
     # the ViT has no FlashAttention-2 path here: it keeps sdpa, as build_model sets it
     model.set_attn_implementation({"text_config": attn,
                                    "vision_config": "sdpa" if attn == "flash_attention_2" else attn})
@@ -208,6 +209,56 @@ def _load_exported(ref: str | Path) -> tuple[nn.Module, LlavaCompareProcessor]:
                                           tokens_per_image=model.config.image_seq_length,
                                           image_token=processor.image_token)
     return model.eval(), processor
+
+
+# --- where inference runs (eval, generate: --device) ---------------------------------------------
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be {DEVICE_CHOICES}; got {spec!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: this machine has no CUDA device; use --device cpu (or auto)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def device_arg(spec: str) -> str:
+    """argparse ``type=`` for ``--device``: a bad or unavailable device is a one-line usage error."""
+    import argparse
+
+    try:
+        resolve_device(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return spec
+
+
+def inference_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on a GPU that supports it (half the memory, tensor cores); None keeps the weights' dtype."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def place_for_inference(model: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+    """``model`` on ``device`` (in ``dtype`` when given; a 4-bit model keeps its dtypes)."""
+    if dtype is None or getattr(model, "is_quantized", False):
+        return model.to(device)
+    return model.to(device=device, dtype=dtype)
+
+
+def to_device(model: nn.Module, spec: str = "auto") -> nn.Module:
+    """``model`` where ``--device spec`` says (:func:`resolve_device`), in bf16 on a GPU that has it."""
+    device = resolve_device(spec)
+    return place_for_inference(model, device, inference_dtype(device))
 
 
 # --- how the model was prompted in training -----------------------------------------------------

@@ -5,11 +5,13 @@ never kills a step. With ``report_skips`` (training), the batch also carries
 ``batch[SKIP_STATS_KEY] = {"seen": n, "skipped": [SkippedSample, ...]}``: the collator may run in a
 DataLoader worker, so this is how the training process learns about skips (the trainer pops it).
 
-With ``packing``, the batch's samples are packed first-fit-decreasing into as few rows of
-``max_length`` tokens as they fit, with position ids restarting at 0 per sample and
-``segment_ids`` (1, 2, ... per sample in a row; 0 = padding) from which the model builds a
-block-diagonal mask, so packed samples never attend to each other. Images are ordered by where
-their placeholders land (row-major), which is the order the model scatters them in.
+With ``packing``, the micro-batch is flattened into one row by transformers'
+``DataCollatorWithFlattening``: no padding, ``position_ids`` restarting at 0 per sample, the first
+label of each sample ignored, and FlashAttention-2's ``cu_seq_lens_q/k`` / ``max_length_q/k``. No
+attention mask: with no mask and no KV cache, transformers derives the block-diagonal mask from
+``position_ids`` for sdpa/eager/flex, and FA2 runs varlen on ``cu_seq_lens`` (it would derive
+them from ``position_ids`` too, but only for a batch of one row: more rows would leak across
+samples). Images follow the samples' order, which is the order the model scatters them in.
 
 ``sample_ids`` (a list of the batch's sample ids) rides along for error messages (the trainer's
 non-finite loss guard); it is not a model input, and the model's forward ignores it.
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from transformers import DataCollatorWithFlattening
 
 from .conversation import IGNORE
 from .dataset import SkippedSample
@@ -27,31 +30,15 @@ from .dataset import SkippedSample
 SKIP_STATS_KEY = "skip_stats"
 
 
-def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Indices grouped into rows of total length <= capacity, longest first (FFD bin packing)."""
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
-        if lengths[i] > capacity:
-            raise ValueError(f"sample of {lengths[i]} tokens does not fit max_length {capacity}")
-        slot = next((r for r, f in enumerate(free) if f >= lengths[i]), None)
-        if slot is None:
-            rows.append([])
-            free.append(capacity)
-            slot = len(rows) - 1
-        rows[slot].append(i)
-        free[slot] -= lengths[i]
-    return rows
-
-
 class CompareCollator:
-    def __init__(self, pad_token_id: int, packing: bool = False, max_length: int | None = None,
-                 pad_to_multiple_of: int | None = None, report_skips: bool = False):
-        if packing and not max_length:
-            raise ValueError("packing needs max_length (the packed row length)")
-        self.pad_token_id, self.packing, self.max_length = pad_token_id, packing, max_length
-        self.pad_to_multiple_of = pad_to_multiple_of
+    """Batches encoded samples: padded ``[B, S]`` rows, or one flattened row with ``packing``."""
+
+    def __init__(self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None,
+                 report_skips: bool = False):
+        self.pad_token_id, self.packing = pad_token_id, packing
+        self.pad_to_multiple_of = pad_to_multiple_of  # padded batches only: a flattened row has no padding
         self.report_skips = report_skips
+        self._flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True)
 
     def __call__(self, items: Sequence[dict[str, Any] | SkippedSample | None]) -> dict[str, Any]:
         kept = [it for it in items if isinstance(it, dict)]
@@ -60,46 +47,40 @@ class CompareCollator:
             # masked filler, train/filler.py, so that every rank still runs its forward).
             batch: dict[str, Any] = {"input_ids": torch.zeros(0, 0, dtype=torch.long), "sample_ids": []}
         elif self.packing:
-            batch = self._layout(kept, pack_first_fit([len(it["input_ids"]) for it in kept], self.max_length))
+            batch = self._flat(kept)
         else:
-            batch = self._layout(kept, [[i] for i in range(len(kept))])
+            batch = self._padded(kept)
         if self.report_skips:
             batch[SKIP_STATS_KEY] = {"seen": len(items),
                                      "skipped": [it for it in items if isinstance(it, SkippedSample)]}
         return batch
 
-    def _width(self, items: Sequence[dict[str, Any]], rows: list[list[int]]) -> int:
-        width = max(sum(len(items[i]["input_ids"]) for i in row) for row in rows)
+    def _flat(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """``[1, sum of lengths]`` with restarting ``position_ids`` and FA2's varlen kwargs."""
+        batch = self._flatten([{"input_ids": it["input_ids"], "labels": it["labels"]} for it in items])
+        batch["sample_ids"] = [str(it.get("sample_id")) for it in items]
+        return {**batch, **_images(items)}
+
+    def _padded(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """``[B, S]`` right-padded to the longest sample, with its attention mask."""
+        width = max(len(it["input_ids"]) for it in items)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        return width
+        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for r, it in enumerate(items):
+            n = len(it["input_ids"])
+            ids[r, :n], labels[r, :n], mask[r, :n] = it["input_ids"], it["labels"], 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+                "sample_ids": [str(it.get("sample_id")) for it in items], **_images(items)}
 
-    def _layout(self, items: Sequence[dict[str, Any]], rows: list[list[int]]) -> dict[str, Any]:
-        width = self._width(items, rows)
-        shape = (len(rows), width)
-        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
-        labels = torch.full(shape, IGNORE, dtype=torch.long)
-        segments = torch.zeros(shape, dtype=torch.long)
-        positions = torch.zeros(shape, dtype=torch.long)
-        images: dict[str, list[torch.Tensor]] = {"pixel_values": [], "vision_features": []}
-        for r, row in enumerate(rows):
-            start = 0
-            for seg, i in enumerate(row, start=1):
-                n = len(items[i]["input_ids"])
-                ids[r, start:start + n], labels[r, start:start + n] = items[i]["input_ids"], items[i]["labels"]
-                segments[r, start:start + n] = seg
-                positions[r, start:start + n] = torch.arange(n)
-                for key, found in images.items():
-                    if key in items[i]:
-                        found.append(items[i][key])
-                start += n
-        batch: dict[str, Any] = {"input_ids": ids, "labels": labels,
-                                 "sample_ids": [str(items[i].get("sample_id")) for row in rows for i in row]}
-        if self.packing:
-            batch.update(segment_ids=segments, position_ids=positions)
-        else:
-            batch["attention_mask"] = (segments > 0).long()
-        for key, found in images.items():
-            if found:  # pixel_values [N_img, 3, H, W] or cached vision_features [N_img, P, D_vis]
-                batch[key] = torch.cat(found)
-        return batch
+
+def _images(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """pixel_values ``[N_img, 3, H, W]`` or cached vision_features ``[N_img, P, D_vis]``, in sample order."""
+    out = {}
+    for key in ("pixel_values", "vision_features"):
+        found = [it[key] for it in items if key in it]
+        if found:
+            out[key] = torch.cat(found)
+    return out

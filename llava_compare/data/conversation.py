@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -150,6 +151,19 @@ class ConversationBuilder:
         last = max(i for i, m in enumerate(msgs) if m.role == "assistant")
         segs = self._sample_segments(msgs[:last] + [Message("assistant", "x")], sample.id)
         return self._tokenize(segs[:-1]).input_ids
+
+    def end_of_turn_id(self) -> int | None:
+        """The special token that closes an assistant turn in this template (vicuna_v1: eos;
+        LLaMA-3: ``<|eot_id|>``; Qwen2: ``<|im_end|>``): the first special token after the content."""
+        tok = self.tokenizer
+        special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+        return next((i for i in self.encode_answer("x") if i in special), None)
+
+    def stop_token_ids(self, eos_token_id: int | Sequence[int] | None) -> list[int]:
+        """Ids that end a generated answer: the LLM's generation-config eos id(s), then this
+        template's end-of-turn token (chat LLMs end turns with it, not with their eos)."""
+        ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        return list(dict.fromkeys([*ids, *filter(lambda i: i is not None, [self.end_of_turn_id()])]))
 
     def encode_answer(self, answer: str) -> list[int]:
         """Token ids of an assistant answer as they follow ``encode_prompt`` (with end token)."""

@@ -133,6 +133,8 @@ _EVAL_PARSER: argparse.ArgumentParser | None = None
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
+    from ..loading import device_arg
+
     p = sub.add_parser("eval", help="score a trained model on held-out comparison data",
                        description="Score a model on multiple-choice / free-form multi-image data. "
                                    "Formats: " + ", ".join(EVAL_FORMATS) + " (see docs/evaluation.md).")
@@ -165,6 +167,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-marker", default=None, choices=["interleaved", "none"],
                    help="default: what the model was trained with")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--device", default="auto", type=device_arg,
+                   help="auto (CUDA when present, in bf16; default), cpu, cuda or cuda:N")
     p.add_argument("--report-max-items", type=int, default=1000,
                    help="items shown in report.html, wrong answers first (default 1000)")
     p.add_argument("--wandb", action="store_true",
@@ -216,7 +220,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """Exit 0 when items were scored (or predicted, for a split without answers); 1 when nothing
     could be scored or more rows were skipped than ``--max-skip-rate`` allows (checked before the
     model is loaded: the message names the first skipped row, its reason and the file's columns)."""
-    from ..loading import builder_for, load
+    from ..loading import builder_for, load, to_device
     from .formats import read_eval_data, skip_failure
     from .report import wandb_wanted
 
@@ -227,6 +231,7 @@ def run_cli(args: argparse.Namespace) -> int:
         print(failure, file=sys.stderr)
         return 1
     model, processor, _ = load(args.model)
+    model = to_device(model, args.device)
     info = {"command": command_line(args), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model_info(args.model), "data": data.info}
     use_wandb = wandb_wanted(args.wandb, args.wandb_project)

@@ -2,7 +2,7 @@
 
 Option log-likelihood (the default, deterministic): for every option the sum of
 log p(option tokens + end-of-turn | prompt, images). All options of ``batch_size`` items go through
-one forward pass; images are repeated per option row. Rows are padded to a common width either on
+one forward pass; each item's images go through the ViT once, and its option rows reuse them. Rows are padded to a common width either on
 the right (answer positions are unchanged) or on the left (position ids then come from the
 attention mask, so every real token keeps the position it has unpadded): both give the unbatched
 scores up to float noise. Only the answer positions reach the LM head (the model's ``labels`` path).
@@ -40,6 +40,11 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _dtype(model: nn.Module) -> torch.dtype:
+    """The dtype pixels go in as (the model's floating dtype: bf16 on GPU inference)."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right",
              labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor | None]:
     """Pad token rows to one width. Left padding also returns ``position_ids`` counted over real
@@ -64,17 +69,36 @@ def _pad_id(processor: LlavaCompareProcessor) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
+def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``[N_img, T, D_llm]`` image tokens of a llava_compare model or a transformers LLaVA export
+    (whose ``get_image_features`` returns them as ``pooler_output``, a list of ``[T, D]``)."""
+    out = model.get_image_features(pixel_values=pixel_values)
+    if torch.is_tensor(out):
+        return out
+    feats = out.pooler_output
+    return feats if torch.is_tensor(feats) else torch.stack(list(feats))
+
+
+def embed_with_images(model: nn.Module, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Token embeddings ``[B, S, D]`` with ``features`` (``[N_img, T, D]``, reading order) scattered
+    into the image placeholder positions, as both model classes do inside their forward."""
+    embeds = model.get_input_embeddings()(input_ids)
+    mask = (input_ids == model.config.image_token_id)[..., None]
+    return embeds.masked_scatter(mask, features.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
+
+
 @torch.no_grad()
 def batch_option_logliks(model: nn.Module, processor: LlavaCompareProcessor, builder: ConversationBuilder,
                          items: Sequence[tuple[Sample, Sequence[str]]], padding_side: str = "right"
                          ) -> list[list[float]]:
     """Per item, the log-likelihood of each option given the item's prompt and images, with all
-    options of all ``items`` in one forward pass."""
+    options of all ``items`` in one forward pass. The ViT and compressor run once over the items'
+    images; each option row reuses its item's image tokens."""
     rows: list[list[int]] = []
     labels: list[list[int]] = []
     pixels: list[torch.Tensor] = []
     answer_lens: list[int] = []
-    counts: list[int] = []
+    option_rows: list[int] = []  # per item with images: how many option rows reuse its image tokens
     for sample, options in items:
         enc = processor(conversation=sample, builder=builder, images=sample.images, add_generation_prompt=True,
                         return_tensors=None)
@@ -84,15 +108,24 @@ def batch_option_logliks(model: nn.Module, processor: LlavaCompareProcessor, bui
             rows.append(prompt + ans)
             labels.append([IGNORE] * len(prompt) + ans)
             answer_lens.append(len(ans))
-            if px is not None:
-                pixels.append(px)
-        counts.append(len(options))
+        if px is not None:
+            pixels.append(torch.as_tensor(px))
+            option_rows.append(len(options))
     if not rows:
         return [[] for _ in items]
     batch = pad_rows(rows, _pad_id(processor), padding_side, labels)
     dev = _device(model)
     inputs = {k: v.to(dev) for k, v in batch.items() if v is not None}
-    out = model(**inputs, pixel_values=torch.cat(pixels).to(dev) if pixels else None)
+    input_ids = inputs.pop("input_ids")
+    if pixels:
+        feats = image_features(model, torch.cat(pixels).to(dev, _dtype(model)))  # [N_img, T, D]
+        per_item = torch.split(feats, [p.shape[0] for p in pixels])
+        # item k's image tokens once per option row of item k, in row order
+        feats = torch.cat([f for f, n in zip(per_item, option_rows) for _ in range(n)])
+        inputs["inputs_embeds"] = embed_with_images(model, input_ids, feats)
+    else:
+        inputs["inputs_embeds"] = model.get_input_embeddings()(input_ids)
+    out = model(**inputs)
     shift = inputs["labels"][:, 1:]
     target = shift[shift != IGNORE]
     logits = out.logits
@@ -101,9 +134,9 @@ def batch_option_logliks(model: nn.Module, processor: LlavaCompareProcessor, bui
     tok_logp = logits.float().log_softmax(-1).gather(-1, target[:, None])[:, 0]
     per_row = [float(x.sum()) for x in torch.split(tok_logp.cpu(), answer_lens)]
     scores, start = [], 0
-    for n in counts:
-        scores.append(per_row[start:start + n])
-        start += n
+    for sample, options in items:
+        scores.append(per_row[start:start + len(options)])
+        start += len(options)
     return scores
 
 
@@ -119,8 +152,10 @@ def batch_generate(model: nn.Module, processor: LlavaCompareProcessor, builder: 
     pix = [enc["pixel_values"] for enc in encoded if "pixel_values" in enc]
     dev = _device(model)
     ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
-    out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pix).to(dev) if pix else None,
-                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(processor))
+    out = model.generate(input_ids=ids, attention_mask=mask,
+                         pixel_values=torch.cat(pix).to(dev, _dtype(model)) if pix else None,
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(processor),
+                         eos_token_id=builder.stop_token_ids(model.generation_config.eos_token_id))
     texts = processor.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     return [t.strip() for t in texts]
 

@@ -8,6 +8,7 @@ tiny from its config with a fixed seed, one with a hub id or folder is loaded fr
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping
 
 import torch
@@ -56,6 +57,15 @@ def quantization_config(model_cfg: Mapping[str, Any]) -> Any:
                               llm_int8_skip_modules=NOT_QUANTIZED)
 
 
+def quantized_device_map() -> dict[str, int | str]:
+    """Where a 4-bit model loads: this process's GPU (``LOCAL_RANK`` under torchrun), else the CPU.
+    Without a ``device_map`` bitsandbytes loads onto ``torch.cuda.current_device()``, which is
+    GPU 0 on every rank until the Trainer sets the device: 8 ranks would stack on GPU 0."""
+    if not torch.cuda.is_available():
+        return {"": "cpu"}
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+
+
 def quantize_llm(model: LlavaCompareForConditionalGeneration, model_cfg: Mapping[str, Any]
                  ) -> LlavaCompareForConditionalGeneration:
     """Reload an in-memory model with its LLM in 4-bit, through transformers' own quantizer (a
@@ -65,7 +75,7 @@ def quantize_llm(model: LlavaCompareForConditionalGeneration, model_cfg: Mapping
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         return LlavaCompareForConditionalGeneration.from_pretrained(
-            tmp, quantization_config=quantization_config(model_cfg))
+            tmp, quantization_config=quantization_config(model_cfg), device_map=quantized_device_map())
 
 
 def _tiny_text_config(t: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> Any:
@@ -169,8 +179,9 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
                             config.vision_config._attn_implementation)
     quant = quantization_config(model_cfg)
     if tcfg.get("name_or_path"):
+        placement = {} if quant is None else {"device_map": quantized_device_map()}  # this rank's GPU
         llm = AutoModelForCausalLM.from_pretrained(tcfg["name_or_path"], dtype=dtype, attn_implementation=attn,
-                                                   quantization_config=quant)
+                                                   quantization_config=quant, **placement)
     torch.manual_seed(model_cfg.get("seed", 0))  # tiny parts and the compressor: fixed init
     model = LlavaCompareForConditionalGeneration(config, vision_tower=vision, language_model=llm)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -197,7 +208,12 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
 
 def _set_generation_tokens(model: LlavaCompareForConditionalGeneration,
                            tokenizer: PreTrainedTokenizerBase) -> None:
+    """The LLM's own generation-config eos list (LLaMA-3-Instruct lists several) plus the
+    tokenizer's eos; generate() adds the chat template's end-of-turn token on top."""
     gc = model.generation_config
-    gc.eos_token_id = tokenizer.eos_token_id
+    llm_eos = model.language_model.generation_config.eos_token_id
+    llm_eos = [] if llm_eos is None else [llm_eos] if isinstance(llm_eos, int) else list(llm_eos)
+    eos = [i for i in dict.fromkeys([*llm_eos, tokenizer.eos_token_id]) if i is not None]
+    gc.eos_token_id = eos if len(eos) > 1 else (eos[0] if eos else None)
     gc.pad_token_id = tokenizer.pad_token_id
     gc.bos_token_id = tokenizer.bos_token_id

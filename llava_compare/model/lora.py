@@ -4,6 +4,7 @@ or ``lm_head``). Used by training (``train.stages``) and by loading a LoRA stage
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Mapping
 
 from torch import nn
@@ -28,4 +29,6 @@ def add_lora(model: nn.Module, peft_cfg: Mapping[str, Any]) -> nn.Module:
     cfg = LoraConfig(r=peft_cfg["r"], lora_alpha=peft_cfg["alpha"], lora_dropout=peft_cfg["dropout"],
                      target_modules=lora_target_regex(model, peft_cfg.get("target_modules", "all-linear")),
                      bias="none")
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # peft <= 0.21 reads transformers 5's deprecated alias
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, cfg)

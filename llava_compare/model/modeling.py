@@ -8,6 +8,7 @@ batch ``[B, S]``; the k-th image fills the k-th run of placeholder tokens in rea
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -21,6 +22,17 @@ from .config import LlavaCompareConfig
 from .vision import patch_features, tower_from_config
 
 
+def _mixed_autocast(params: list[nn.Parameter], ref: torch.Tensor) -> Any:
+    """Autocast to the half dtype when a module mixes fp32 (trained) and half (frozen) weights,
+    as a bf16 run with some ViT layers trained does (``stages.keep_trainable_fp32``): the layers
+    then meet in bf16 even without the Trainer's own autocast (``optim.bf16=false``)."""
+    dtypes = {p.dtype for p in params}
+    half = sorted(dtypes & {torch.bfloat16, torch.float16}, key=str)
+    if len(dtypes) > 1 and half:
+        return torch.autocast(ref.device.type, dtype=half[0])
+    return contextlib.nullcontext()
+
+
 class ImageTokenMismatchError(ValueError):
     """Raised when the number of image placeholder tokens does not match the image features."""
 
@@ -32,7 +44,7 @@ class LlavaComparePreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "SiglipEncoderLayer", "Dinov2Layer", "LlamaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -90,10 +102,11 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """ViT hidden state(s) ``vision_feature_layer`` without CLS/registers: ``[N_img, P, D_vis]``
         (``D_vis`` = hidden size x number of selected layers)."""
-        frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
-        dtype = next(self.vision_tower.parameters()).dtype
+        params = list(self.vision_tower.parameters())
+        frozen = not any(p.requires_grad for p in params)
+        dtype = params[0].dtype
         # A frozen tower needs no autograd graph: saves activations memory on every step.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen), _mixed_autocast(params, pixel_values):
             return patch_features(self.vision_tower, pixel_values.to(dtype), self.config.vision_feature_layer,
                                   self.config.image_size)
 
@@ -137,13 +150,12 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,  # a transformers Cache (generate() passes it); never in training
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         vision_features: torch.Tensor | None = None,
-        segment_ids: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         sample_ids: Any = None,  # the collator's ids, for error messages: not a model input
         **kwargs: Any,
@@ -154,9 +166,15 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         image and prompt positions are never needed, and at a 32k vocabulary they are a large share
         of the step. ``logits`` then holds ``[N_labelled, V]``; without labels, ``[B, S, V]``.
 
-        ``segment_ids`` (``[B, S]``, from the packing collator, with per-segment ``position_ids``)
-        marks packed samples; attention never crosses a segment boundary.
+        Packed input (the collator's flattened row ``[1, T]``): ``position_ids`` restart at 0 per
+        sample and no ``attention_mask``; transformers then isolates the samples itself (sdpa, eager
+        and flex from ``position_ids``; FlashAttention-2 from the ``cu_seq_lens_*`` kwargs, which
+        pass through ``kwargs``). That needs no KV cache, so the cache is off unless asked for, and
+        always off in training: the LLM's own config defaults to ``use_cache=True``.
         """
+        if self.training and (use_cache or cache is not None):
+            raise ValueError("a KV cache in a training forward would let packed samples attend to "
+                             "each other; call generate() / eval() for cached decoding")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
         has_images = pixel_values is not None or vision_features is not None
@@ -166,37 +184,18 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         elif self.training and torch.is_grad_enabled():
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_image_features(inputs_embeds).sum()
 
-        if segment_ids is not None:
-            attention_mask = self.packed_attention_mask(segment_ids, inputs_embeds.dtype)
         decoder = self.language_model.get_decoder()
         out = decoder(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+            cache=cache, use_cache=bool(use_cache), **kwargs,
         )
         hidden = out.last_hidden_state  # [B, S, D]
         lm_head = self.get_output_embeddings()
         if labels is None:
             keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
-            return CausalLMOutputWithPast(logits=lm_head(hidden[:, keep]),
-                                          past_key_values=out.past_key_values)
+            return CausalLMOutputWithPast(logits=lm_head(hidden[:, keep]), cache=out.cache)
         loss, logits = self._labelled_loss(hidden, labels, lm_head, num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
-
-    def packed_attention_mask(self, segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        """Block-diagonal causal mask ``[B, 1, S, S]`` (additive: 0 = attend, min = blocked).
-
-        Written by hand because sdpa/eager in transformers do not isolate packed segments from
-        ``position_ids`` alone (measured: packed logits differ). FlashAttention-2 does, through its
-        varlen path, so there we return ``None`` and let ``position_ids`` carry the boundaries.
-        """
-        if self.config.text_config._attn_implementation == "flash_attention_2":
-            return None
-        s = segment_ids.shape[1]
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, S, S]
-        causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
-        allowed = (same & causal) | torch.eye(s, dtype=torch.bool, device=segment_ids.device)  # pads see themselves
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-        return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
 
     @staticmethod
     def _labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,

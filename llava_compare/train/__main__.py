@@ -2,6 +2,10 @@
 
 import sys
 
-from .main import main
+from .quiet import quiet_startup_on_other_ranks
+
+quiet_startup_on_other_ranks()  # before .main imports transformers, peft and DeepSpeed
+
+from .main import main  # noqa: E402
 
 sys.exit(main())

@@ -65,6 +65,15 @@ def _valid_keys_hint(message: str) -> str:
     return f"\nvalid top-level keys: {', '.join(schema.keys())}"
 
 
+def bf16_choice(value: object) -> str:
+    """``optim.bf16`` as one of ``auto | true | false``. Hydra parses ``optim.bf16=true`` (and a
+    YAML ``bf16: true``) as a boolean, which the str field stores as ``'True'``; accept any case."""
+    choice = str(value).strip().lower()
+    if choice not in ("auto", "true", "false"):
+        raise ConfigError(f"optim.bf16 must be auto, true or false; got {value!r}")
+    return choice
+
+
 def validate(raw: DictConfig, recipe: str | None = None) -> DictConfig:
     """Merge into the typed schema: unknown keys and wrong types fail here, listing valid keys."""
     schema = OmegaConf.structured(TrainConfig)
@@ -76,6 +85,7 @@ def validate(raw: DictConfig, recipe: str | None = None) -> DictConfig:
         parent = OmegaConf.select(schema, key.rsplit(".", 1)[0]) if "." in key else schema
         valid = ", ".join(sorted(parent.keys())) if isinstance(parent, DictConfig) else "?"
         raise ConfigError(f"invalid config key or value {key!r}: {err.msg}. Valid keys here: {valid}") from err
+    cfg.optim.bf16 = bf16_choice(cfg.optim.bf16)
     OmegaConf.set_struct(cfg, True)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)  # resolve interpolations once, early
     out = OmegaConf.create(cfg_dict)

@@ -31,6 +31,7 @@ from .config import REPO_ROOT, compose_config
 from .filler import FillSkippedBatches, first_usable_sample
 from .init_from import stage_model_config
 from .outputs import save_base, save_trained
+from .quiet import ignore_dependency_step_warnings
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
 from .calibration import calibrate_compressor
@@ -156,8 +157,8 @@ def training_args(cfg: DictConfig) -> TrainingArguments:
         gradient_accumulation_steps=o.global_batch_size // per_step,
         learning_rate=o.lr, weight_decay=o.weight_decay, lr_scheduler_type=o.scheduler,
         warmup_steps=o.warmup_ratio, num_train_epochs=o.epochs, max_steps=o.max_steps,
-        max_grad_norm=o.max_grad_norm, bf16=bf16, gradient_checkpointing=o.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_grad_norm=o.max_grad_norm, bf16=bf16, activation_checkpointing=o.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=cfg.logger.logging_steps, report_to=[] if cfg.logger.report_to == "none" else [cfg.logger.report_to],
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False,
@@ -198,6 +199,7 @@ class RunResult:
 def run(cfg: DictConfig) -> RunResult:
     """Setup -> train -> save -> evaluate."""
     setup_logging()
+    ignore_dependency_step_warnings()
     # First, before anything is written: may this run use output_dir, and from which checkpoint?
     start = choose_start(cfg.output_dir, cfg.resume, cfg.overwrite, is_main=rank() == 0)
     set_seed(cfg.seed)
@@ -224,8 +226,7 @@ def run(cfg: DictConfig) -> RunResult:
     trainer = CompareTrainer(
         model=model, args=training_args(cfg), train_dataset=train_set,
         data_collator=FillSkippedBatches(
-            CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
-                            max_length=cfg.data.max_length, report_skips=True),
+            CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing, report_skips=True),
             filler=first_usable_sample(train_set)),
         processing_class=processor,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,

@@ -98,7 +98,7 @@ class DataConfig:
     max_skip_rate: float = 0.05  # the run fails when a larger share of samples is skipped
     skip_rate_min_samples: int = 200  # samples drawn before max_skip_rate applies during training
     log_skips_every: int = 50  # steps between skip-count log lines (and the cross-rank skip-rate check)
-    packing: bool = False  # pack each batch's samples into rows of max_length, no cross-attention
+    packing: bool = False  # each micro-batch as one flattened row (no padding); samples never attend to each other
     group_by_length: bool = False  # without packing: batches of similar length (less padding)
     feature_cache: Optional[str] = None  # stage 1 (frozen ViT): folder for cached ViT features
     num_workers: int = 0
@@ -138,7 +138,8 @@ class OptimConfig:
     per_device_batch_size: int = 8
     global_batch_size: int = 8  # = per_device * world_size * grad_accum (accum is derived)
     max_grad_norm: float = 1.0
-    bf16: str = "auto"  # auto (on when CUDA supports it) | true | false
+    # auto (on when CUDA supports bf16) | true | false; YAML booleans work (config.bf16_choice)
+    bf16: str = "auto"
     gradient_checkpointing: bool = False
 
 

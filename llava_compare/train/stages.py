@@ -51,8 +51,27 @@ def configure_stage(model: nn.Module, stage: Mapping[str, Any], peft_cfg: Mappin
         base = model.get_base_model()
         base.compressor.requires_grad_(compressor_flag)  # ...so re-enable what the stage trains
         set_vision_trainable(base.vision_tower, stage, feature_layer)
+    keep_trainable_fp32(model)
     log_trainable(model)
     return model
+
+
+def keep_trainable_fp32(model: nn.Module) -> int:
+    """Upcast every trainable half-precision parameter to fp32; frozen weights stay as loaded.
+
+    Under plain DDP, AdamW updates parameters in their own dtype: a bf16 weight near 0.02 has a
+    step of 1.2e-4, so a compressor update at lr 2e-5 rounds away. fp32 trainables are the master
+    copy (as PEFT keeps LoRA adapters in fp32); compute still runs in bf16 under the Trainer's
+    autocast (``optim.bf16``), and the model casts at its module boundaries. DeepSpeed casts the
+    module back to bf16 and keeps its own fp32 master copy. Returns the number of tensors upcast."""
+    upcast = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+            upcast += 1
+    if upcast:
+        log.info("kept %d trainable tensors in fp32 (frozen weights stay in half precision)", upcast)
+    return upcast
 
 
 def set_vision_trainable(vision_tower: nn.Module, stage: Mapping[str, Any], feature_layer: Any = -1) -> None:

@@ -91,3 +91,18 @@ def test_summary_per_task_type_and_unparsed():
     assert s["tasks"]["a"]["unparsed"] == 1 and s["overall_mc"]["n"] == 3
     assert s["overall_2image_mc"] == {"n": 2, "accuracy": 0.5, "chance": 0.5}
     assert s["open"] == {"n": 1, "exact_match": 0.0, "f1": 0.5}
+
+
+def test_option_scoring_encodes_each_items_images_once(setup, unbatched):
+    """The ViT runs over every item's images once per batch, not once per option row."""
+    model, processor, builder = setup
+    items, single = unbatched
+    encoded = []
+    hook = model.vision_tower.register_forward_pre_hook(lambda _m, args: encoded.append(args[0].shape[0]))
+    try:
+        batched = batch_option_logliks(model, processor, builder, [(s, s.meta["choices"]) for s in items])
+    finally:
+        hook.remove()
+    assert len(encoded) == 1 and encoded[0] == sum(len(s.images) for s in items), encoded
+    torch.testing.assert_close(torch.tensor([x for r in batched for x in r]),
+                               torch.tensor([x for r in single for x in r]), rtol=0, atol=1e-4)

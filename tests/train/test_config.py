@@ -27,7 +27,7 @@ def test_llava15_numbers():
     s1, s2 = compose_config(["recipe=stage1_align"]), compose_config(["recipe=stage2_lora"])
     assert s1.model.vision.name_or_path == "openai/clip-vit-large-patch14-336"
     assert s1.model.llm.name_or_path == "lmsys/vicuna-7b-v1.5"
-    assert (s1.optim.lr, s1.optim.global_batch_size, s1.optim.epochs, s1.data.max_length) == (1e-3, 256, 1, 2048)
+    assert (s1.optim.lr, s1.optim.global_batch_size, s1.optim.epochs, s1.data.max_length) == (1e-3, 256, 1, 4096)
     assert (s2.peft.r, s2.peft.alpha, s2.optim.llm_lr, s2.optim.lr) == (128, 256, 2e-4, 2e-5)
     assert (s2.optim.global_batch_size, s2.optim.epochs, s2.stage.train_llm) == (128, 1, "lora")
 
@@ -73,6 +73,27 @@ def test_7b_recipes_compose_with_every_dist_option(recipe, dist):
     args = training_args(cfg)
     assert bool(args.deepspeed) == dist.startswith("zero")
     assert bool(args.fsdp) == (dist == "fsdp")
+
+
+@pytest.mark.parametrize("value,expected", [("true", True), ("True", True), ("false", False),
+                                            ("False", False), ("'true'", True), ("'false'", False)])
+def test_bf16_accepts_yaml_booleans_and_strings(value, expected):
+    """Hydra parses `optim.bf16=true` as a YAML boolean (OmegaConf used to store 'True' in the str
+    field, which the old `== "true"` test read as off): every spelling must reach TrainingArguments."""
+    cfg = compose_config(["recipe=tiny_demo_stage1", f"optim.bf16={value}"])
+    assert training_args(cfg).bf16 is expected
+
+
+def test_bf16_auto_follows_cuda():
+    import torch
+
+    cfg = compose_config(["recipe=tiny_demo_stage1", "optim.bf16=auto"])
+    assert training_args(cfg).bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def test_bf16_rejects_other_values():
+    with pytest.raises(ConfigError, match="optim.bf16 must be auto, true or false.*'maybe'"):
+        compose_config(["recipe=tiny_demo_stage1", "optim.bf16=maybe"])
 
 
 def test_dist_none_is_an_alias_of_ddp_not_a_copy():

@@ -37,7 +37,7 @@ def test_all_skipped_micro_batch_becomes_masked_filler_with_zero_loss_and_zero_g
     filler = first_usable_sample(dataset)
     assert filler["sample_id"] == "good"  # the unusable first sample is passed over
     collate = FillSkippedBatches(CompareCollator(dataset.processor.tokenizer.pad_token_id, packing=packing,
-                                                 max_length=512, report_skips=True), filler)
+                                                 report_skips=True), filler)
     bad = dataset[0]
     batch = collate([bad, bad])
     assert batch.pop(FILLER_KEY) is True

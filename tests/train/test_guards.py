@@ -77,9 +77,10 @@ def test_batches_carry_sample_ids_in_layout_order(packing):
 
     items = [{"input_ids": torch.full((n,), n), "labels": torch.full((n,), n), "sample_id": sid}
              for n, sid in ((2, "a"), (5, "b"), (3, "c"))]
-    batch = CompareCollator(0, packing=packing, max_length=8)([items[0], None, items[1], items[2]])
-    # packing (first-fit decreasing): row 0 = b + c, row 1 = a; ids follow the tokens
-    assert batch["sample_ids"] == (["b", "c", "a"] if packing else ["a", "b", "c"])
-    first_tokens = [int(batch["input_ids"][0, 0]), int(batch["input_ids"][1, 0])]
-    assert first_tokens == ([5, 2] if packing else [2, 5])
+    batch = CompareCollator(0, packing=packing)([items[0], None, items[1], items[2]])
+    # packing: one flattened row a + b + c; padded: one row each. Ids follow the tokens either way.
+    assert batch["sample_ids"] == ["a", "b", "c"]
+    starts = [0, 2, 7] if packing else [0, 0, 0]
+    first_tokens = [int(batch["input_ids"][0 if packing else r, s]) for r, s in enumerate(starts)]
+    assert first_tokens == [2, 5, 3]
     assert CompareCollator(0)([None])["sample_ids"] == []
