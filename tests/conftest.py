@@ -81,7 +81,7 @@ def stage1_run(synth_dir, tmp_path_factory):
     from llava_compare.model.build import build_model
     from llava_compare.train.main import run
 
-    cfg = stage_cfg("demo_stage1", synth_dir, tmp_path_factory.mktemp("stage1"), 30, "optim.lr=2e-2")
+    cfg = stage_cfg("tiny_demo_stage1", synth_dir, tmp_path_factory.mktemp("stage1"), 30, "optim.lr=2e-2")
     initial, _ = build_model(cfg.model)
     return initial, run(cfg)
 
@@ -94,6 +94,6 @@ def stage2_run(stage1_run, synth_dir, tmp_path_factory):
 
     s1 = stage1_run[1]
     start, _, _ = load(s1.output_dir)
-    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path_factory.mktemp("stage2"), 30,
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path_factory.mktemp("stage2"), 30,
                     f"init_from={s1.output_dir}", "optim.lr=3e-3", "optim.llm_lr=3e-3", *LORA)
     return start, run(cfg)

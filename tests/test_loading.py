@@ -62,7 +62,7 @@ def test_init_from_a_checkpoint_and_a_chain_of_lora_stages(stage2_run, synth_dir
     B trained even without saved base weights (as with a hub base): through B's ``init_from``,
     so A's LoRA is in it, not only B's."""
     ckpt = with_checkpoint(stage2_run[1].output_dir, tmp_path / "stage_a", shift=0.0)
-    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "stage_b", 2, f"init_from={ckpt}",
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path / "stage_b", 2, f"init_from={ckpt}",
                     "optim.lr=1e-2", "optim.llm_lr=1e-2", *LORA)
     result = run(cfg)
     trained = weights(result.model.merge_and_unload())
@@ -83,7 +83,7 @@ def test_inference_builds_prompts_with_the_training_data_settings(tiny, tmp_path
     from llava_compare.train.config import compose_config
 
     _, processor = tiny
-    cfg = compose_config(["recipe=demo_stage2", "data.system_prompt=Be brief.", "data.marker_template='Pic {k}: '"])
+    cfg = compose_config(["recipe=tiny_demo_stage2", "data.system_prompt=Be brief.", "data.marker_template='Pic {k}: '"])
     meta = {"config": {"data": {k: cfg.data[k] for k in ("image_marker", "marker_template",
                                                           "conversation_template", "system_prompt")}}}
     (tmp_path / "llava_compare.json").write_text(json.dumps(meta))

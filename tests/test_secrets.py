@@ -31,7 +31,7 @@ def test_tokens_never_reach_run_or_export_files(synth_dir, tmp_path, monkeypatch
 
     wandb.finish()  # a wandb run earlier in this process would keep its WANDB_DIR otherwise
     wandb.teardown()
-    result = run(stage_cfg("demo_stage2", synth_dir, run_dir, 2, "init_from=null", "save_steps=1", "logger=wandb"))
+    result = run(stage_cfg("tiny_demo_stage2", synth_dir, run_dir, 2, "init_from=null", "save_steps=1", "logger=wandb"))
     wandb.finish()  # flush the offline run files before reading them
     wandb.teardown()  # forget WANDB_DIR: later runs in this process must read their own settings
     export(result.output_dir, export_dir)

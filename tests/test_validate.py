@@ -63,7 +63,7 @@ def test_budget_comes_from_the_recipe(bad):
 def test_overrides_after_flags_are_accepted(tmp_path, capsys):
     """``validate DATA --format llava recipe=NAME`` used to die in argparse ("unrecognized arguments")."""
     clean = write_bad_dataset(tmp_path, only=set())
-    assert cli_main(["validate", str(clean.path), "--format", "llava", "recipe=demo_stage2", "init_from=null",
+    assert cli_main(["validate", str(clean.path), "--format", "llava", "recipe=tiny_demo_stage2", "init_from=null",
                      "--no-progress", "data.max_length=4096"]) == 0
     assert validate.main([str(clean.path), "--no-progress", "data.max_length=4096"]) == 0
     with pytest.raises(SystemExit):  # a real unknown flag is still refused
@@ -72,11 +72,11 @@ def test_overrides_after_flags_are_accepted(tmp_path, capsys):
 
 
 def test_missing_init_from_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
-    """``validate ... recipe=demo_stage2`` from another folder: init_from (outputs/demo/stage1) is not
+    """``validate ... recipe=tiny_demo_stage2`` from another folder: init_from (outputs/tiny_demo/stage1) is not
     there. It used to end in an HFValidationError traceback."""
     clean = write_bad_dataset(tmp_path / "data", only=set())
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["validate", str(clean.path), "recipe=demo_stage2", "--no-progress"]) == 2
+    assert cli_main(["validate", str(clean.path), "recipe=tiny_demo_stage2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("validate: init_from 'outputs/demo/stage1' does not exist")
+    assert len(err.splitlines()) == 1 and err.startswith("validate: init_from 'outputs/tiny_demo/stage1' does not exist")
     assert str(tmp_path) in err

@@ -91,13 +91,17 @@ class ConversationBuilder:
         # Prefix difference: what rendering message i adds to the prompt that ends with the
         # generation header is exactly that assistant turn (content + end-of-turn tokens).
         dicts = [{"role": m.role, "content": m.content} for m in messages]
+        if self.system is not None and not any(m["role"] == "system" for m in dicts):
+            # An explicit system prompt ("" included) replaces the template's default one
+            # (SmolLM2's costs ~15 tokens per sample).
+            dicts.insert(0, {"role": "system", "content": self.system})
         render = self._render
         segs: list[tuple[str, bool]] = []
         done = ""
         for i, m in enumerate(dicts):
             if m["role"] != "assistant":
                 continue
-            if i == 0:  # chat templates cannot render the empty prompt before it
+            if i == 0 or all(d["role"] == "system" for d in dicts[:i]):  # nothing to prompt with
                 raise DataError("the conversation starts with an assistant turn; with a chat template the "
                                 "first turn must be a user (or system) turn", None, "template")
             prompt, full = render(dicts[:i], True), render(dicts[: i + 1], False)

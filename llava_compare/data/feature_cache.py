@@ -43,13 +43,24 @@ def image_key(image: Any) -> str:
     return hashlib.sha1(raw).hexdigest()
 
 
+def _autocast() -> str | None:
+    """The autocast precision the features are computed under (bf16 features differ), if any."""
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            return f"{device}:{torch.get_autocast_dtype(device)}"
+    return None
+
+
 def fingerprint(model: Any, processor: Any) -> str:
-    """Hash of what determines the features: ViT config + id + weights, feature layer, preprocessing."""
+    """Hash of what determines the features: ViT config + id + weights, feature layer, preprocessing
+    (and the autocast precision, when the cache is built under one)."""
     h = hashlib.sha256()
     vision = model.config.vision_config
-    h.update(json.dumps({"vision": vision.to_dict(), "layer": model.config.vision_feature_layer,
-                         "image_processor": processor.image_processor.to_dict()},
-                        sort_keys=True, default=str).encode())
+    meta = {"vision": vision.to_dict(), "layer": model.config.vision_feature_layer,
+            "image_processor": processor.image_processor.to_dict()}
+    if _autocast():
+        meta["autocast"] = _autocast()
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, p in sorted(model.vision_tower.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().float().cpu().numpy().tobytes())
@@ -100,7 +111,7 @@ def _compute_share(model: Any, processor: Any, images: dict[str, Any], folder: P
             if not decoded:
                 continue
             pixels = processor.preprocess_images(list(decoded.values())).to(device)
-            feats = model.get_vision_features(pixels).cpu()  # [b, P, D_vis]
+            feats = model.get_vision_features(pixels).float().cpu()  # [b, P, D_vis]
             tensors.update({k: f.contiguous() for k, f in zip(decoded, feats)})
         save_file(tensors, str(folder / name))
         index.update({k: name for k in tensors})
@@ -131,17 +142,37 @@ def _readable_images(samples: Sequence[Any]) -> dict[str, Any]:
     return images
 
 
+def _image_set_hash(images: dict[str, Any]) -> str:
+    return hashlib.sha1("\n".join(sorted(images)).encode()).hexdigest()[:8]
+
+
 def build_feature_cache(model: Any, processor: Any, samples: Sequence[Any], root: str | Path,
                         rank: int = 0, world_size: int = 1, batch_size: int = 32,
                         timeout_s: float = 24 * 3600) -> FeatureCache:
-    """Compute this rank's share of the missing features, wait for the other ranks, open the cache."""
-    folder = Path(root) / fingerprint(model, processor)
+    """Compute this rank's share of the missing features, wait for the other ranks, open the cache.
+
+    The folder is ``<fingerprint>-<image set hash>``: a run over other images with the same ViT
+    (stage 2 after stage 1) gets its own folder instead of a complete-looking one without them.
+    Single-process runs that share a folder (several seeds at once) take turns through a file
+    lock: the first computes, the others then read."""
+    images = _readable_images(samples)
+    folder = Path(root) / f"{fingerprint(model, processor)}-{_image_set_hash(images)}"
     folder.mkdir(parents=True, exist_ok=True)
+    if world_size > 1:  # ranks share the work; a lock held across the barrier could deadlock
+        return _build(model, processor, images, folder, rank, world_size, batch_size, timeout_s)
+    import fcntl
+
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _build(model, processor, images, folder, rank, world_size, batch_size, timeout_s)
+
+
+def _build(model: Any, processor: Any, images: dict[str, Any], folder: Path, rank: int, world_size: int,
+           batch_size: int, timeout_s: float) -> FeatureCache:
     done = list(folder.glob("index-rank*.json"))
     if done and len(done) >= 1 and (folder / "complete").is_file():
         log.info("feature cache: reading %s", folder)
         return FeatureCache(folder)
-    images = _readable_images(samples)
     mine = {k: v for k, v in images.items() if int(k, 16) % world_size == rank}
     (folder / f"index-rank{rank:03d}.json").unlink(missing_ok=True)  # a stale one would pass the barrier
     log.info("feature cache: computing %d of %d images into %s", len(mine), len(images), folder)

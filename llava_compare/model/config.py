@@ -14,6 +14,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .compressors import patch_grid, tokens_per_image
+from .vision import feature_dim
 
 
 @strict
@@ -21,11 +22,14 @@ class LlavaCompareConfig(PreTrainedConfig):
     """Config of :class:`~llava_compare.model.modeling.LlavaCompareForConditionalGeneration`.
 
     Args:
-        vision_config: a CLIP vision config (dict or ``CLIPVisionConfig``).
+        vision_config: a CLIP, SigLIP or DINOv2 vision config (dict or config object).
         text_config: any causal-LM config (LLaMA, Mistral, Qwen2, ...).
         compressor: ``{"type": "resampler", "num_queries": 64, ...}``; see ``compressors.py``.
         image_token_id: id of the image placeholder token in the tokenizer.
-        vision_feature_layer: which ViT hidden state feeds the compressor (LLaVA uses -2).
+        vision_feature_layer: which ViT hidden state feeds the compressor (LLaVA uses -2), or a
+            list of them, concatenated on channels.
+        vision_image_size: the input resolution, when it differs from the tower's own
+            ``image_size`` (DINOv2's config says 518, its position table's size; the demo runs 112).
     """
 
     model_type = "llava_compare"
@@ -38,7 +42,8 @@ class LlavaCompareConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     compressor: dict | None = None
     image_token_id: int = 32000
-    vision_feature_layer: int = -2
+    vision_feature_layer: int | list[int] = -2
+    vision_image_size: int | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any):
@@ -48,7 +53,7 @@ class LlavaCompareConfig(PreTrainedConfig):
 
     @property
     def patch_grid(self) -> int:
-        return patch_grid(self.vision_config.image_size, self.vision_config.patch_size)
+        return patch_grid(self.image_size, self.vision_config.patch_size)
 
     @property
     def tokens_per_image(self) -> int:
@@ -56,4 +61,10 @@ class LlavaCompareConfig(PreTrainedConfig):
 
     @property
     def image_size(self) -> int:
-        return self.vision_config.image_size
+        """The resolution images are fed at (``vision_image_size`` or the tower's own)."""
+        return self.vision_image_size or self.vision_config.image_size
+
+    @property
+    def vision_feature_dim(self) -> int:
+        """Channels per patch the compressor receives (hidden size x selected layers)."""
+        return feature_dim(self.vision_config, self.vision_feature_layer)

@@ -1,4 +1,4 @@
-"""The multi-image VLM: CLIP vision tower -> compressor -> causal LM.
+"""The multi-image VLM: vision tower (CLIP, SigLIP, DINOv2) -> compressor -> causal LM.
 
 Follows transformers' LLaVA conventions (``pixel_values``, ``image_token_id``,
 ``vision_feature_layer``, ``get_image_features``, ``masked_scatter``) so an exported model feels
@@ -14,11 +14,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compressors import get_compressor
 from .config import LlavaCompareConfig
+from .vision import patch_features, tower_from_config
 
 
 def _mixed_autocast(params: list[nn.Parameter], ref: torch.Tensor) -> Any:
@@ -42,7 +43,7 @@ class LlavaComparePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer"]
+    _no_split_modules = ["CLIPEncoderLayer", "SiglipEncoderLayer", "Dinov2Layer", "LlamaDecoderLayer"]
     _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -71,9 +72,9 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         neither built at random first nor re-initialised. The others are built from ``config``."""
         super().__init__(config)
         self.vision_tower = (vision_tower if vision_tower is not None
-                             else CLIPVisionModel._from_config(config.vision_config))
+                             else tower_from_config(config.vision_config))
         self.compressor = get_compressor(
-            config.compressor, config.vision_config.hidden_size, config.text_config.hidden_size,
+            config.compressor, config.vision_feature_dim, config.text_config.hidden_size,
             config.patch_grid,
         )
         self.language_model = (language_model if language_model is not None
@@ -99,14 +100,15 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
 
     # --- vision -------------------------------------------------------------------------------
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """ViT hidden state ``vision_feature_layer`` without CLS: ``[N_img, P, D_vis]``."""
+        """ViT hidden state(s) ``vision_feature_layer`` without CLS/registers: ``[N_img, P, D_vis]``
+        (``D_vis`` = hidden size x number of selected layers)."""
         params = list(self.vision_tower.parameters())
         frozen = not any(p.requires_grad for p in params)
         dtype = params[0].dtype
         # A frozen tower needs no autograd graph: saves activations memory on every step.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen), _mixed_autocast(params, pixel_values):
-            out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
-        return out.hidden_states[self.config.vision_feature_layer][:, 1:]
+            return patch_features(self.vision_tower, pixel_values.to(dtype), self.config.vision_feature_layer,
+                                  self.config.image_size)
 
     def get_image_features(self, pixel_values: torch.Tensor | None = None,
                            vision_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,7 +139,7 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
     def _dummy_image_features(self, ref: torch.Tensor) -> torch.Tensor:
         """Run one blank image so every rank touches the vision path (ZeRO-3/FSDP/DDP never wait
         on a rank whose batch was text-only). The result is multiplied by 0 by the caller."""
-        size = self.config.vision_config.image_size
+        size = self.config.image_size
         blank = torch.zeros(1, 3, size, size, device=ref.device)
         return self.get_image_features(blank)
 

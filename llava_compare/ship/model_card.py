@@ -115,9 +115,15 @@ def model_card(meta: Mapping[str, Any], fmt: str, merged: bool, adapter: str | N
     from huggingface_hub import ModelCard, ModelCardData
     from omegaconf import OmegaConf
 
+    from ..model.offline_weights import origin
+
     mcfg = meta.get("model", {})
     vision = (mcfg.get("vision") or {}).get("name_or_path")
     llm = (mcfg.get("llm") or {}).get("name_or_path")
+    # Offline demo weights (``offline:KIND``) are named by their original hub ids, with licences.
+    licences = [f"- `{o[0]}`: {o[1]}" for o in map(origin, (vision, llm)) if o]
+    licence_text = ("\nLicences of the weights this model contains:\n" + "\n".join(licences) + "\n") if licences else ""
+    vision, llm = (origin(vision) or (vision,))[0], (origin(llm) or (llm,))[0]
     config = meta.get("config", {})
     data = config.get("data", {}) if isinstance(config, dict) else {}
     sources = [s.get("path") for s in data.get("train", []) if isinstance(s, dict) and s.get("path")]
@@ -137,7 +143,7 @@ def model_card(meta: Mapping[str, Any], fmt: str, merged: bool, adapter: str | N
     body = f"""
 # llava_compare model
 
-A multi-image LLaVA-style model that compares images (CLIP ViT -> visual-token compressor -> LLM),
+A multi-image LLaVA-style model that compares images (ViT -> visual-token compressor -> LLM),
 trained with `llava_compare` and exported as `{fmt}`.
 
 ## Base models
@@ -145,7 +151,7 @@ trained with `llava_compare` and exported as `{fmt}`.
 - Vision tower: {f"`{vision}`" if vision else TINY}
 - LLM: {f"`{llm}`" if llm else TINY}
 - Compressor: `{json.dumps(mcfg.get('compressor', {}))}`, vision feature layer {mcfg.get('vision_feature_layer', -2)}
-
+{licence_text}
 ## Training
 
 - Recipe: `{meta.get('recipe')}`; stage `{stage.get('name')}` (compressor trained: {stage.get('train_compressor')},

@@ -36,7 +36,7 @@ def available_recipes() -> list[str]:
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """``["recipe=demo_stage1", "optim.lr=1e-3"]`` -> validated, resolved config."""
+    """``["recipe=tiny_demo_stage1", "optim.lr=1e-3"]`` -> validated, resolved config."""
     overrides = list(overrides)
     recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
     if recipe is not None and recipe not in available_recipes():

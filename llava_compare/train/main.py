@@ -34,6 +34,8 @@ from .outputs import save_base, save_trained
 from .quiet import ignore_dependency_step_warnings
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
+from .calibration import calibrate_compressor
+from .replay import chat_before, replay_from_config
 from .stages import configure_stage
 from .trainer import CompareTrainer
 
@@ -95,6 +97,8 @@ def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
 
 def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: Any = None) -> CompareDataset:
     specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data[split]]
+    if split == "train" and cfg.data.replay is not None:  # written by run() before the dataset
+        specs.append(SourceSpec(path=cfg.data.replay.out))
     if not specs:
         raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
                          f"'data.{split}=[{{path: data/{split}.json}}]'")
@@ -122,7 +126,22 @@ def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> 
 
     if torch.cuda.is_available():  # the ViT pass is the expensive part: run it on this rank's GPU
         model.vision_tower.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    return build_feature_cache(model, processor, samples, cfg.data.feature_cache, rank(), world_size())
+    with autocast(cfg):
+        return build_feature_cache(model, processor, samples, cfg.data.feature_cache, rank(), world_size())
+
+
+def use_bf16(cfg: DictConfig) -> bool:
+    """``optim.bf16``: auto = on where CUDA supports it; true also works on CPU (autocast: bf16
+    matmuls, fp32 weights and optimizer; 2x faster on CPUs with AVX512-BF16/AMX)."""
+    if cfg.optim.bf16 == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cfg.optim.bf16 == "true"
+
+
+def autocast(cfg: DictConfig) -> Any:
+    """The training precision for work outside the Trainer (feature cache, replay, chat, eval)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(cfg))
 
 
 def training_args(cfg: DictConfig) -> TrainingArguments:
@@ -131,7 +150,7 @@ def training_args(cfg: DictConfig) -> TrainingArguments:
     if o.global_batch_size % per_step:
         raise ValueError(f"optim.global_batch_size {o.global_batch_size} is not a multiple of "
                          f"per_device_batch_size x world_size = {per_step}")
-    bf16 = (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) if o.bf16 == "auto" else o.bf16 == "true"
+    bf16 = use_bf16(cfg)
     return TrainingArguments(
         output_dir=cfg.output_dir, run_name=cfg.run_name, seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=o.per_device_batch_size,
@@ -192,7 +211,12 @@ def run(cfg: DictConfig) -> RunResult:
             "config": OmegaConf.to_container(cfg)}
     if rank() == 0:
         save_base(model, processor, cfg.output_dir, meta)
+    builder = make_builder(cfg, processor)
+    with autocast(cfg):
+        replay_from_config(cfg, model, processor, builder)  # stage 2: the base LLM's own answers, once
+        chats = chat_before(cfg, model, processor, builder) if cfg.eval.enabled else []
     train_set = make_dataset(cfg, processor, model=model)
+    calibrate_compressor(model, train_set)  # once (input_norm=fixed / output_scale): stage 1, not init_from
     if rank() == 0:  # one sample as the model sees it: template / marker mistakes show before step 1
         log_example(train_set, log)
     model = configure_stage(model, cfg.stage, cfg.peft)
@@ -221,7 +245,15 @@ def run(cfg: DictConfig) -> RunResult:
         save_trained(trainer.model, cfg.output_dir, trained)
         (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("saved stage output to %s", cfg.output_dir)
-    if cfg.eval.enabled and cfg.data.eval:
+    if cfg.eval.enabled and cfg.data.eval and cfg.eval.mode == "generate":
+        # The generate-mode report (the demo's) runs in one process (single process or DDP; not
+        # ZeRO-3 / FSDP, whose forwards need every rank).
+        if trainer.is_world_process_zero():
+            from ..eval.user_report import user_report_run
+
+            with autocast(cfg):
+                metrics["eval"] = user_report_run(cfg, unwrap(trainer.model), processor, builder, chats)
+    elif cfg.eval.enabled and cfg.data.eval:
         from ..eval.run import evaluate_run
 
         # On every rank: under ZeRO-3 / FSDP each forward gathers weights from all of them.

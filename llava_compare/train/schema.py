@@ -9,7 +9,10 @@ from typing import Any, Optional
 
 @dataclass
 class VisionConfig:
-    name_or_path: Optional[str] = None  # hub id / folder; null = tiny random tower from the fields below
+    name_or_path: Optional[str] = None  # hub id / folder (CLIP, SigLIP, DINOv2); null = tiny random tower below
+    input_size: Optional[int] = None  # resolution fed to the tower (its processor resizes to it); null = its own
+    type: str = "clip"  # tiny only: clip | siglip | dinov2
+    num_register_tokens: int = 0  # tiny dinov2 only: register tokens (dropped with CLS before the compressor)
     image_size: int = 64
     patch_size: int = 8
     hidden_size: int = 64
@@ -40,7 +43,7 @@ class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     compressor: dict[str, Any] = field(default_factory=lambda: {"type": "mlp"})
-    vision_feature_layer: int = -2
+    vision_feature_layer: Any = -2  # a hidden-state index, or a list of them concatenated on channels
     attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
     dtype: str = "float32"  # weights dtype at load: float32 | bfloat16 | float16
     seed: int = 0  # init seed of tiny parts and the compressor
@@ -71,10 +74,20 @@ class SynthConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """Text-only replay in stage 2 (train/replay.py): the base LLM's own answers to ``prompts``."""
+    prompts: str = "configs/data/general_prompts.txt"  # one prompt per line (relative: cwd, then the repo)
+    out: str = "outputs/replay.json"  # written once, reused while prompts and LLM are unchanged
+    repeat: int = 1  # each answer this many times in the training data
+    max_new_tokens: int = 64  # answers not finished within this are left out
+
+
+@dataclass
 class DataConfig:
     train: list[SourceConfig] = field(default_factory=list)
     eval: list[SourceConfig] = field(default_factory=list)
     synth: Optional[SynthConfig] = None
+    replay: Optional[ReplayConfig] = None  # stage 2: mix the base LLM's answers to general prompts in
     image_marker: str = "interleaved"  # interleaved ("Image k: " before image k) | none
     marker_template: str = "Image {k}: "
     conversation_template: str = "auto"  # auto | chat | vicuna_v1
@@ -150,6 +163,11 @@ class EvalConfig:
     enabled: bool = False
     batch_size: int = 16
     max_new_tokens: int = 16
+    mode: str = "loglik"  # loglik (option log-likelihood table) | generate (generated answers parsed,
+    #                       log-likelihood agreement, examples, chat check: eval/user_report.py)
+    examples: int = 3  # generate mode: example answers printed
+    chat_prompts: list[str] = field(default_factory=list)  # text-only prompts answered before and after training
+    chat_max_new_tokens: int = 48
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..model.lora import add_lora
+from ..model.vision import deepest_layer, encoder_layers
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def keep_trainable_fp32(model: nn.Module) -> int:
     return upcast
 
 
-def set_vision_trainable(vision_tower: nn.Module, stage: Mapping[str, Any], feature_layer: int = -1) -> None:
+def set_vision_trainable(vision_tower: nn.Module, stage: Mapping[str, Any], feature_layer: Any = -1) -> None:
     """``stage.train_vision``: the whole ViT, or with ``stage.vision_trainable_layers=N`` only the
     N encoder layers just below ``feature_layer`` (the hidden state the compressor reads: the last
     N layers that reach it). The embeddings and earlier layers stay frozen; their features still
@@ -83,8 +84,8 @@ def set_vision_trainable(vision_tower: nn.Module, stage: Mapping[str, Any], feat
     vision_tower.requires_grad_(train and last is None)
     if not train or last is None:
         return
-    layers = list(vision_tower.get_encoder().layers)
-    used = feature_layer % (len(layers) + 1)  # hidden_states[i] is the output of the first i layers
+    layers = encoder_layers(vision_tower)
+    used = deepest_layer(feature_layer, len(layers))  # hidden_states[i] is the output of the first i layers
     if not 0 < last <= used:
         raise ValueError(f"stage.vision_trainable_layers must be in 1..{used} (the ViT layers below "
                          f"vision_feature_layer {feature_layer}) or null for the whole tower; got {last}")

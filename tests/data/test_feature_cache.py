@@ -20,8 +20,8 @@ def losses(out):
 def test_cached_stage1_matches_uncached_and_skips_the_vit(synth_dir, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     args = ("optim.lr=1e-2", "optim.epochs=2", "optim.max_steps=12")
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "plain", 12, *args))
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "cached", 12, *args, f"data.feature_cache={cache}"))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "plain", 12, *args))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "cached", 12, *args, f"data.feature_cache={cache}"))
     assert losses(tmp_path / "cached") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
     assert len(list(cache.glob("*/rank000-*.safetensors"))) >= 1
 
@@ -29,7 +29,7 @@ def test_cached_stage1_matches_uncached_and_skips_the_vit(synth_dir, tmp_path, m
         raise AssertionError("the ViT ran although its features are cached")
 
     monkeypatch.setattr(CLIPVisionModel, "forward", no_vit)
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "rerun", 12, *args, f"data.feature_cache={cache}"))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "rerun", 12, *args, f"data.feature_cache={cache}"))
     assert losses(tmp_path / "rerun") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
 
 
@@ -48,7 +48,54 @@ def test_fingerprint_changes_with_what_changes_features():
 
 
 def test_feature_cache_refuses_a_trainable_vit(synth_dir, tmp_path):
-    cfg = stage_cfg("demo_stage1", synth_dir, tmp_path / "x", 1, f"data.feature_cache={tmp_path}/c",
+    cfg = stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "x", 1, f"data.feature_cache={tmp_path}/c",
                     "stage.train_vision=true")
     with pytest.raises(ValueError, match="frozen ViT"):
         run(cfg)
+
+
+def test_a_second_dataset_with_the_same_vit_gets_its_own_features(synth_dir, tmp_path, tiny):
+    """Stage 2 reads other images than stage 1 through the same frozen ViT: it must not open
+    stage 1's complete cache and miss every one of its images (issue 14's real demo hit this)."""
+    from llava_compare.data.feature_cache import build_feature_cache, image_key
+    from llava_compare.data.formats import SourceSpec, read_sources
+
+    model, processor = tiny
+    captions = read_sources([SourceSpec(path=str(synth_dir / "captions.json"))])
+    train = read_sources([SourceSpec(path=str(synth_dir / "train.json"))])
+    build_feature_cache(model, processor, captions, tmp_path / "cache")
+    second = build_feature_cache(model, processor, train, tmp_path / "cache")
+    for sample in train:
+        for im in sample.images:
+            assert image_key(im) in second, (sample.id, im)
+
+
+def test_concurrent_runs_sharing_a_cache_compute_each_image_once(synth_dir, tmp_path, tiny, monkeypatch):
+    """Several seeds started at once share ``data.feature_cache``: one computes, the others wait
+    and read (before the lock both computed into the same shard files)."""
+    import threading
+    import time as _time
+
+    from llava_compare.data.feature_cache import build_feature_cache
+    from llava_compare.data.formats import SourceSpec, read_sources
+
+    model, processor = tiny
+    samples = read_sources([SourceSpec(path=str(synth_dir / "captions.json"))])
+    seen, real = [], type(model).get_vision_features
+
+    def slow(self, pixels):
+        seen.append(pixels.shape[0])
+        _time.sleep(0.2)  # both runs are inside the computation at the same time
+        return real(self, pixels)
+
+    monkeypatch.setattr(type(model), "get_vision_features", slow)
+    results = []
+    runs = [threading.Thread(target=lambda: results.append(build_feature_cache(model, processor, samples, tmp_path)))
+            for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    n_images = len({im for s in samples for im in s.images})
+    assert sum(seen) == n_images
+    assert len(results) == 2 and all(len(r.index) == n_images for r in results)

@@ -76,7 +76,7 @@ def test_evaluate_run_prints_table_ending_with_overall_line(stage2_run, synth_di
 
     out = stage2_run[1].output_dir
     model, processor, _ = load(out)
-    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path, 1)
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path, 1)
     OmegaConf.update(cfg, "data.eval", [{"path": str(synth_dir / "eval.json")}], merge=False)
     summary = evaluate_run(cfg, model, processor)
     lines = capsys.readouterr().out.strip().splitlines()

@@ -49,7 +49,7 @@ def test_safetensors_projector_and_recipe_key(tmp_path):
 
     proj = fake_projector(seed=3)
     save_file(proj, str(tmp_path / "mm_projector.safetensors"))
-    cfg = compose_config(["recipe=demo_stage1", *TINY_OVERRIDES, f"output_dir={tmp_path / 'run'}",
+    cfg = compose_config(["recipe=tiny_demo_stage1", *TINY_OVERRIDES, f"output_dir={tmp_path / 'run'}",
                           f"model.compressor_init={tmp_path / 'mm_projector.safetensors'}"])
     model_cfg = OmegaConf.to_container(cfg.model)
     assert model_cfg["compressor_init"] == str(tmp_path / "mm_projector.safetensors")

@@ -202,7 +202,7 @@ def test_native_export_layout_and_model_card(native_export, stage2):
     assert meta["export"]["merged"] is True and not (out / "adapter").exists()
     assert not list(out.glob("*.bin")) and not (out / "compressor.safetensors").exists()
     card = (out / "README.md").read_text()
-    for text in ("tiny random (built from config)", "demo_stage2", "train.json", "LoRA r 32",
+    for text in ("tiny random (built from config)", "tiny_demo_stage2", "train.json", "LoRA r 32",
                  "(merged into the weights)", "import llava_compare", "trust_remote_code=True",
                  "--format llava-hf", "pipeline_tag: image-text-to-text", "conversation_template"):
         assert text in card, text

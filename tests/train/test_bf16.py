@@ -12,7 +12,7 @@ from tests.conftest import LORA, stage_cfg
 
 def _stage2(synth_dir, out, dtype: str):
     # Built from config (init_from=null) so model.dtype applies; ViT's last layer trained too.
-    return stage_cfg("demo_stage2", synth_dir, out, 4, "init_from=null", "optim.lr=2e-5",
+    return stage_cfg("tiny_demo_stage2", synth_dir, out, 4, "init_from=null", "optim.lr=2e-5",
                      "optim.llm_lr=2e-4", "optim.vision_lr=2e-5", *LORA, "stage.train_vision=true",
                      "stage.vision_trainable_layers=1", f"model.dtype={dtype}",
                      f"optim.bf16={'true' if dtype == 'bfloat16' else 'false'}")

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from llava_compare.train.config import ConfigError, available_recipes, compose_config
 from llava_compare.train.main import training_args
 
-REQUIRED = {"demo_stage1", "demo_stage2", "stage1_align", "stage2_lora"}
+REQUIRED = {"tiny_demo_stage1", "tiny_demo_stage2", "stage1_align", "stage2_lora"}
 
 
 def test_required_recipes_ship():
@@ -33,11 +33,11 @@ def test_llava15_numbers():
 
 
 def test_demo_stage2_starts_where_demo_stage1_writes():
-    assert compose_config(["recipe=demo_stage2"]).init_from == compose_config(["recipe=demo_stage1"]).output_dir
+    assert compose_config(["recipe=tiny_demo_stage2"]).init_from == compose_config(["recipe=tiny_demo_stage1"]).output_dir
 
 
 def test_overrides_apply():
-    cfg = compose_config(["recipe=demo_stage1", "optim.lr=0.5", "model/compressor=resampler",
+    cfg = compose_config(["recipe=tiny_demo_stage1", "optim.lr=0.5", "model/compressor=resampler",
                           "model.compressor.num_queries=8"])
     assert cfg.optim.lr == 0.5
     assert dict(cfg.model.compressor) == {"type": "resampler", "num_queries": 8, "depth": 2, "heads": 8}
@@ -45,16 +45,16 @@ def test_overrides_apply():
 
 def test_misspelled_key_lists_valid_keys():
     with pytest.raises(ConfigError, match="valid keys under optim: .*llm_lr"):
-        compose_config(["recipe=demo_stage1", "optim.lrr=1"])
+        compose_config(["recipe=tiny_demo_stage1", "optim.lrr=1"])
 
 
 def test_unknown_recipe_lists_available():
-    with pytest.raises(ConfigError, match="available: .*demo_stage1"):
+    with pytest.raises(ConfigError, match="available: .*tiny_demo_stage1"):
         compose_config(["recipe=nope"])
 
 
 def test_global_batch_must_divide():
-    cfg = compose_config(["recipe=demo_stage1", "optim.per_device_batch_size=3", "optim.global_batch_size=16"])
+    cfg = compose_config(["recipe=tiny_demo_stage1", "optim.per_device_batch_size=3", "optim.global_batch_size=16"])
     with pytest.raises(ValueError, match="not a multiple"):
         training_args(cfg)
 
@@ -80,20 +80,20 @@ def test_7b_recipes_compose_with_every_dist_option(recipe, dist):
 def test_bf16_accepts_yaml_booleans_and_strings(value, expected):
     """Hydra parses `optim.bf16=true` as a YAML boolean (OmegaConf used to store 'True' in the str
     field, which the old `== "true"` test read as off): every spelling must reach TrainingArguments."""
-    cfg = compose_config(["recipe=demo_stage1", f"optim.bf16={value}"])
+    cfg = compose_config(["recipe=tiny_demo_stage1", f"optim.bf16={value}"])
     assert training_args(cfg).bf16 is expected
 
 
 def test_bf16_auto_follows_cuda():
     import torch
 
-    cfg = compose_config(["recipe=demo_stage1", "optim.bf16=auto"])
+    cfg = compose_config(["recipe=tiny_demo_stage1", "optim.bf16=auto"])
     assert training_args(cfg).bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def test_bf16_rejects_other_values():
     with pytest.raises(ConfigError, match="optim.bf16 must be auto, true or false.*'maybe'"):
-        compose_config(["recipe=demo_stage1", "optim.bf16=maybe"])
+        compose_config(["recipe=tiny_demo_stage1", "optim.bf16=maybe"])
 
 
 def test_dist_none_is_an_alias_of_ddp_not_a_copy():
@@ -105,6 +105,6 @@ def test_dist_none_is_an_alias_of_ddp_not_a_copy():
     files = sorted((REPO_ROOT / "configs" / "dist").glob("*.yaml"))
     for a, b in combinations(files, 2):
         assert a.read_text() != b.read_text(), f"{a.name} and {b.name} are copies"
-    dists = [OmegaConf.to_container(compose_config(["recipe=demo_stage1", *d]).dist)
+    dists = [OmegaConf.to_container(compose_config(["recipe=tiny_demo_stage1", *d]).dist)
              for d in (["dist=none"], ["dist=ddp"], [])]
     assert dists[0] == dists[1] == dists[2] and dists[0]["name"] == "ddp"

@@ -18,7 +18,7 @@ from tests.conftest import TINY_OVERRIDES
 
 def bad_cfg(data, out, *extra: str):
     """Tiny stage 1 over ``data``: batch 4, 3 steps = one epoch of the 12 rows that survive reading."""
-    return compose_config(["recipe=demo_stage1", *TINY_OVERRIDES, f"output_dir={out}", "optim.max_steps=3",
+    return compose_config(["recipe=tiny_demo_stage1", *TINY_OVERRIDES, f"output_dir={out}", "optim.max_steps=3",
                            "optim.warmup_ratio=0", *BAD_OVERRIDES, f"data.train=[{{path: {data}}}]",
                            "data.eval=[]", "eval.enabled=false", *extra])
 

@@ -24,7 +24,7 @@ BIG_FROZEN = ["model.llm.intermediate_size=2048"]
 
 
 def stage1_args(out: Path, train: Path, *extra: str) -> list[str]:
-    return ["recipe=demo_stage1", *TINY_OVERRIDES, *BIG_FROZEN, f"output_dir={out}", "dist=zero2",
+    return ["recipe=tiny_demo_stage1", *TINY_OVERRIDES, *BIG_FROZEN, f"output_dir={out}", "dist=zero2",
             "optim.per_device_batch_size=2", "optim.global_batch_size=4", "optim.max_steps=4",
             "optim.warmup_ratio=0", "save_steps=2", "save_total_limit=0", f"data.train=[{{path: {train}}}]",
             "data.eval=[]", "eval.enabled=false", *extra]

@@ -28,13 +28,13 @@ def torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
 def overrides(synth_dir, out, *extra):
     cfg_args = [*TINY_OVERRIDES, f"output_dir={out}", f"optim.max_steps={STEPS}", "optim.warmup_ratio=0",
                 f"data.train=[{{path: {synth_dir}/train.json}}]", "data.eval=[]", "eval.enabled=false"]
-    return ["recipe=demo_stage2", *cfg_args, *COMMON, *extra]
+    return ["recipe=tiny_demo_stage2", *cfg_args, *COMMON, *extra]
 
 
 @pytest.fixture(scope="module")
 def single_process(synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    cfg = stage_cfg("demo_stage2", synth_dir, out, STEPS, *COMMON, "optim.per_device_batch_size=4")
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, out, STEPS, *COMMON, "optim.per_device_batch_size=4")
     run(cfg)
     return losses(out), load_file(str(out / "trainable.safetensors"))
 

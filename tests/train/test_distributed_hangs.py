@@ -20,7 +20,7 @@ from tests.train.torchrun import torchrun
 
 
 def base_args(out: Path, train: Path, *extra: str) -> list[str]:
-    return ["recipe=demo_stage2", *TINY_OVERRIDES, f"output_dir={out}", "init_from=null", "dist=zero3",
+    return ["recipe=tiny_demo_stage2", *TINY_OVERRIDES, f"output_dir={out}", "init_from=null", "dist=zero3",
             "optim.warmup_ratio=0", "optim.lr=1e-2", "optim.llm_lr=1e-2", *LORA,
             f"data.train=[{{path: {train}}}]", *extra]
 

@@ -34,7 +34,7 @@ def test_nan_loss_stops_naming_step_and_samples_and_keeps_the_last_checkpoint(sy
     monkeypatch.setattr(CompareTrainer, "training_step", record_ids)
     monkeypatch.setattr(CompareTrainer, "compute_loss", nan_in_step_3)
     with pytest.raises(NonFiniteLossError) as err:
-        run(stage_cfg("demo_stage1", synth_dir, tmp_path, 4, *COMMON))
+        run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path, 4, *COMMON))
     message = str(err.value)
     assert re.search(r"non-finite loss \(nan\) at step 3\b", message)
     assert len(ids_at[3]) == 4 and all(i in message for i in ids_at[3])
@@ -49,7 +49,7 @@ def test_nan_loss_stops_naming_step_and_samples_and_keeps_the_last_checkpoint(sy
     starts, train = [], CompareTrainer.train
     monkeypatch.setattr(CompareTrainer, "train", lambda self, resume_from_checkpoint=None, **kw: (
         starts.append(resume_from_checkpoint), train(self, resume_from_checkpoint, **kw))[1])
-    resumed = run(stage_cfg("demo_stage1", synth_dir, tmp_path, 4, *COMMON, "resume=auto"))
+    resumed = run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path, 4, *COMMON, "resume=auto"))
     assert starts == [str(tmp_path / "checkpoint-2")] and resumed.metrics["samples_seen"] == 16
 
 
@@ -57,15 +57,15 @@ def test_second_run_into_a_finished_output_dir_is_refused(stage1_run, synth_dir)
     out = stage1_run[1].output_dir  # finished: the final output and its last checkpoint
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(OutputDirError, match="already holds a run") as err:
-        run(stage_cfg("demo_stage1", synth_dir, out, 2, "resume=never"))
+        run(stage_cfg("tiny_demo_stage1", synth_dir, out, 2, "resume=never"))
     assert str(out) in str(err.value) and "resume=auto" in str(err.value) and "overwrite=true" in str(err.value)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing was written
 
 
 def test_overwrite_starts_fresh_and_drops_the_old_checkpoints(synth_dir, tmp_path):
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path, 4, *COMMON))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path, 4, *COMMON))
     assert is_complete(tmp_path / "checkpoint-4")
-    fresh = run(stage_cfg("demo_stage1", synth_dir, tmp_path, 1, *COMMON, "overwrite=true"))
+    fresh = run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path, 1, *COMMON, "overwrite=true"))
     assert fresh.metrics["samples_seen"] == 4  # 1 step from scratch, not a resume from step 4
     assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-1"]  # the old 2 and 4 are gone
     assert (tmp_path / "trainable.safetensors").is_file()

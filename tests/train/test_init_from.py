@@ -16,12 +16,12 @@ from tests.conftest import TINY_OVERRIDES, stage_cfg
 @pytest.fixture(scope="module")
 def stage1(synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("stage1")
-    run(stage_cfg("demo_stage1", synth_dir, out, 1))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, out, 1))
     return out
 
 
 def stage2(stage1, *extra: str):
-    return compose_config(["recipe=demo_stage2", *TINY_OVERRIDES, f"init_from={stage1}", "data.synth=null",
+    return compose_config(["recipe=tiny_demo_stage2", *TINY_OVERRIDES, f"init_from={stage1}", "data.synth=null",
                            *extra])
 
 
@@ -34,9 +34,9 @@ def test_attention_and_dtype_come_from_the_new_stage(stage1):
 
 
 def test_structure_comes_from_stage1_not_from_the_recipe_defaults(stage1):
-    # without the tiny overrides, demo_stage2's own model group describes a larger tiny model;
+    # without the tiny overrides, tiny_demo_stage2's own model group describes a larger tiny model;
     # stage 1's is what gets loaded
-    cfg = compose_config(["recipe=demo_stage2", f"init_from={stage1}", "data.synth=null"])
+    cfg = compose_config(["recipe=tiny_demo_stage2", f"init_from={stage1}", "data.synth=null"])
     assert cfg.model.llm.hidden_size != 64
     model, _, model_cfg = build_or_load(cfg)
     assert model.config.text_config.hidden_size == 64 and model_cfg["llm"]["hidden_size"] == 64

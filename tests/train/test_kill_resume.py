@@ -37,7 +37,7 @@ def train(launcher: str, synth_dir: Path, out: Path, kill: str | None = None) ->
             "save_steps=2", "save_total_limit=2"]
     env = {k: v for k, v in os.environ.items() if k != ENV}
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", **({ENV: kill} if kill else {}))
-    return subprocess.run([*LAUNCHERS[launcher], "recipe=demo_stage2", *args], cwd=out.parent, env=env,
+    return subprocess.run([*LAUNCHERS[launcher], "recipe=tiny_demo_stage2", *args], cwd=out.parent, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

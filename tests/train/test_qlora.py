@@ -12,7 +12,7 @@ from tests.conftest import LORA, stage_cfg
 
 def test_qlora_stage2_runs_and_trains_only_lora_and_compressor(stage1_run, synth_dir, tmp_path):
     s1 = stage1_run[1]
-    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "q", 4, f"init_from={s1.output_dir}",
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path / "q", 4, f"init_from={s1.output_dir}",
                     "model.llm.load_in_4bit=true", *LORA)
     result = run(cfg)
     base = unwrap(result.model)

@@ -47,7 +47,7 @@ def _processor(cfg):
 
 def test_stage1_loss_decreases(stage1_run, synth_dir, tmp_path):
     initial, result = stage1_run
-    cfg = stage_cfg("demo_stage1", synth_dir, tmp_path, 1)
+    cfg = stage_cfg("tiny_demo_stage1", synth_dir, tmp_path, 1)
     # A frozen random LLM leaves the compressor little room (its logits are near-uniform), so
     # the drop is small but steady; a compressor that does not learn leaves it flat.
     before, after = fixed_batch_loss(initial, cfg), fixed_batch_loss(result.model, cfg)
@@ -81,7 +81,7 @@ def test_stage2_trains_only_lora_and_compressor(stage2_run):
 
 def test_stage2_full_finetune_option(stage1_run, synth_dir, tmp_path):
     _, s1 = stage1_run
-    cfg = stage_cfg("demo_stage2", synth_dir, tmp_path / "full", 2, f"init_from={s1.output_dir}",
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path / "full", 2, f"init_from={s1.output_dir}",
                     "stage=instruct_full", "peft=none", "stage.train_vision=false")
     result = run(cfg)
     trained = {n.split(".")[0] for n, p in result.model.named_parameters() if p.requires_grad}
@@ -93,7 +93,7 @@ def _train_vision_stage2(stage1_run, synth_dir, out, layers: str):
     stage-1 model it started from and the run."""
     _, s1 = stage1_run
     start, _, _ = load(s1.output_dir)
-    cfg = stage_cfg("demo_stage2", synth_dir, out, 3, f"init_from={s1.output_dir}",
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, out, 3, f"init_from={s1.output_dir}",
                     "stage=instruct_full", "peft=none", "stage.train_vision=true",
                     f"stage.vision_trainable_layers={layers}", "optim.vision_lr=1e-2")
     return start, run(cfg)
@@ -122,7 +122,7 @@ def test_stage2_vision_trainable_layers_trains_only_the_last_layers(stage1_run, 
     assert last and all(not torch.equal(before[k], after[k]) for k in last if k.endswith("weight"))
     assert all(torch.equal(before[k], after[k]) for k in before if k not in last)
     with pytest.raises(ValueError, match="vision_trainable_layers"):
-        run(stage_cfg("demo_stage2", synth_dir, tmp_path / "vit_bad", 1, "init_from=null",
+        run(stage_cfg("tiny_demo_stage2", synth_dir, tmp_path / "vit_bad", 1, "init_from=null",
                       "stage.train_vision=true", "stage.vision_trainable_layers=3"))
 
 
@@ -151,16 +151,16 @@ def test_vision_trainable_layers_counts_back_from_the_feature_layer(tiny):
 def test_resume_continues_to_the_same_weights(synth_dir, tmp_path):
     """6 uninterrupted steps == 3 steps, stop, resume=auto to 6 (same data order, optimizer, RNG)."""
     common = ["optim.lr=1e-2", "save_steps=3", "optim.scheduler=constant"]
-    straight = run(stage_cfg("demo_stage1", synth_dir, tmp_path / "a", 6, *common))
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "b", 3, *common))
-    resumed = run(stage_cfg("demo_stage1", synth_dir, tmp_path / "b", 6, *common, "resume=auto"))
+    straight = run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "a", 6, *common))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "b", 3, *common))
+    resumed = run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "b", 6, *common, "resume=auto"))
     a, b = params(straight.model, "compressor"), params(resumed.model, "compressor")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_checkpointing_runs(synth_dir, tmp_path):
-    result = run(stage_cfg("demo_stage2", synth_dir, tmp_path / "gc", 2, "init_from=null",
+    result = run(stage_cfg("tiny_demo_stage2", synth_dir, tmp_path / "gc", 2, "init_from=null",
                            "optim.gradient_checkpointing=true"))
     assert result.metrics["train_loss"] > 0
 
@@ -172,7 +172,7 @@ def test_packed_training_matches_padded(synth_dir, tmp_path):
 
     losses = {}
     for packing in ("false", "true"):
-        result = run(stage_cfg("demo_stage2", synth_dir, tmp_path / packing, 3, "init_from=null", *LORA,
+        result = run(stage_cfg("tiny_demo_stage2", synth_dir, tmp_path / packing, 3, "init_from=null", *LORA,
                                f"data.packing={packing}"))
         losses[packing] = [h["loss"] for h in result.metrics["log_history"] if "loss" in h]
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
@@ -181,6 +181,6 @@ def test_packed_training_matches_padded(synth_dir, tmp_path):
 def test_wandb_logs_offline(synth_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    run(stage_cfg("demo_stage1", synth_dir, tmp_path / "w", 2, "logger=wandb"))
+    run(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path / "w", 2, "logger=wandb"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))

@@ -18,7 +18,7 @@ def test_short_training_run_emits_no_future_warning(synth_dir, tmp_path, caplog)
     caplog.set_level(logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every emission, not once per call site
-        run(stage_cfg("demo_stage2", synth_dir, tmp_path, STEPS, "init_from=null", *LORA,
+        run(stage_cfg("tiny_demo_stage2", synth_dir, tmp_path, STEPS, "init_from=null", *LORA,
                       "optim.gradient_checkpointing=true"))
     future = Counter(f"{w.filename}:{w.lineno}: {w.message}" for w in caught
                      if issubclass(w.category, (FutureWarning, DeprecationWarning)))

@@ -1,0 +1,90 @@
+"""Vision towers beyond CLIP: dispatch on the config type, exact non-patch token dropping, the
+tower's own image processor at the configured size, and multi-layer features."""
+
+import pytest
+import torch
+from PIL import Image
+
+from llava_compare.model.build import build_model, build_processor
+from llava_compare.model.vision import num_prefix_tokens, patch_features, tiny_vision_config
+from tests.conftest import tiny_model_cfg
+
+TOWERS = {  # type -> (transformers class, image processor class prefix, non-patch tokens)
+    "clip": ("CLIPVisionModel", "CLIPImageProcessor", 1),
+    "siglip": ("SiglipVisionModel", "SiglipImageProcessor", 0),
+    "dinov2": ("Dinov2Model", "BitImageProcessor", 1),
+}
+
+
+def _cfg(kind: str, registers: int = 0, layer=-1, input_size=None) -> dict:
+    cfg = tiny_model_cfg()
+    cfg["vision"] = {**cfg["vision"], "type": kind, "num_register_tokens": registers, "input_size": input_size}
+    cfg["vision_feature_layer"] = layer
+    return cfg
+
+
+@pytest.mark.parametrize("kind", sorted(TOWERS))
+def test_each_tower_type_builds_and_drops_exactly_its_non_patch_tokens(kind):
+    model, processor = build_model(_cfg(kind))
+    cls, proc_cls, prefix = TOWERS[kind]
+    assert type(model.vision_tower).__name__ == cls
+    assert type(processor.image_processor).__name__.startswith(proc_cls)
+    assert num_prefix_tokens(model.config.vision_config) == prefix
+    pixels = processor.preprocess_images([Image.new("RGB", (50, 40), (10, 200, 30))])
+    assert pixels.shape == (1, 3, 32, 32)
+    grid = model.config.patch_grid
+    with torch.no_grad():
+        feats = model.get_vision_features(pixels)  # [1, P, D]
+        full = model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+    assert feats.shape == (1, grid * grid, 32)
+    assert full.shape[1] == grid * grid + prefix
+    assert torch.equal(feats, full[:, prefix:])  # the *last* P tokens are the patches
+
+
+def test_dinov2_registers_are_dropped_with_cls():
+    model, processor = build_model(_cfg("dinov2", registers=3))
+    assert type(model.vision_tower).__name__ == "Dinov2WithRegistersModel"
+    assert num_prefix_tokens(model.config.vision_config) == 4
+    pixels = processor.preprocess_images([Image.new("RGB", (32, 32))])
+    with torch.no_grad():
+        feats = model.get_vision_features(pixels)
+    assert feats.shape[1] == model.config.patch_grid ** 2 == 16
+
+
+def test_a_list_of_layers_is_concatenated_on_channels():
+    model, processor = build_model(_cfg("dinov2", layer=[1, -1]))
+    pixels = processor.preprocess_images([Image.new("RGB", (32, 32), (90, 90, 90))])
+    with torch.no_grad():
+        both = model.get_vision_features(pixels)
+        hs = model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    assert both.shape == (1, 16, 64)
+    assert torch.equal(both, torch.cat([hs[1][:, 1:], hs[-1][:, 1:]], -1))
+    assert model.compressor.vision_dim == 64
+    assert model.get_image_features(pixels).shape == (1, model.tokens_per_image, 64)
+
+
+def test_input_size_resizes_the_processor_and_the_grid_not_the_position_table():
+    """DINOv2 runs below its trained size (the demo: 112 px of 518): the processor resizes to
+    ``input_size``, the patch grid follows it, the tower interpolates its positions."""
+    cfg = _cfg("dinov2", input_size=48)
+    model, processor = build_model(cfg)
+    assert model.config.vision_config.image_size == 32 and model.config.image_size == 48
+    assert model.config.patch_grid == 6
+    pixels = processor.preprocess_images([Image.new("RGB", (64, 64))])
+    assert pixels.shape[-1] == 48
+    with torch.no_grad():
+        assert model.get_vision_features(pixels).shape[1] == 36
+    assert build_processor(cfg).tokens_per_image == processor.tokens_per_image
+
+
+def test_clip_runs_at_another_size_by_interpolating_positions():
+    model, processor = build_model(_cfg("clip", input_size=48))
+    pixels = processor.preprocess_images([Image.new("RGB", (64, 64))])
+    with torch.no_grad():
+        feats = patch_features(model.vision_tower, pixels, -1, 48)
+    assert feats.shape[1] == 36
+
+
+def test_unknown_tower_type_is_refused():
+    with pytest.raises(ValueError, match="clip, siglip or dinov2"):
+        tiny_vision_config({**tiny_model_cfg()["vision"], "type": "convnext"})
