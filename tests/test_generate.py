@@ -59,26 +59,24 @@ def test_builder_names_the_templates_end_of_turn_token(chatml):
     assert builder.stop_token_ids([tok.eos_token_id, 7]) == [tok.eos_token_id, 7, _ids(tok, "<|im_end|>")[0]]
 
 
-def test_generate_stops_at_the_chat_templates_end_of_turn(chatml):
-    model, processor, builder = chatml
-    tok = processor.tokenizer
-    a, end, b = _ids(tok, "A", "<|im_end|>", "B")
-    handle = scripted(model, [a, end, b])
-    try:
-        sample = question_sample("Which is brighter?", [Image.new("RGB", (32, 32), "red")])
-        assert generate_answer(model, processor, builder, sample, max_new_tokens=6) == "A"
-    finally:
-        handle.remove()
+def _answer_one(model, processor, builder, colors):
+    samples = [question_sample("Which is brighter?", [Image.new("RGB", (32, 32), c)]) for c in colors]
+    return [generate_answer(model, processor, builder, samples[0], max_new_tokens=6)]
 
 
-def test_eval_generation_stops_at_the_chat_templates_end_of_turn(chatml):
+def _answer_batch(model, processor, builder, colors):
+    samples = [question_sample("Which is brighter?", [Image.new("RGB", (32, 32), c)]) for c in colors]
+    return batch_generate(model, processor, builder, samples, max_new_tokens=6)
+
+
+@pytest.mark.parametrize("answer, colors", [(_answer_one, ["red"]), (_answer_batch, ["red", "blue"])],
+                         ids=["generate", "eval_generation"])
+def test_generation_stops_at_the_chat_templates_end_of_turn(chatml, answer, colors):
     model, processor, builder = chatml
-    tok = processor.tokenizer
-    a, end, b = _ids(tok, "A", "<|im_end|>", "B")
+    a, end, b = _ids(processor.tokenizer, "A", "<|im_end|>", "B")
     handle = scripted(model, [a, end, b])
     try:
-        samples = [question_sample("Which is brighter?", [Image.new("RGB", (32, 32), c)]) for c in ("red", "blue")]
-        assert batch_generate(model, processor, builder, samples, max_new_tokens=6) == ["A", "A"]
+        assert answer(model, processor, builder, colors) == ["A"] * len(colors)
     finally:
         handle.remove()
 
