@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -62,9 +62,25 @@ def _balanced(n: int, k: int, rng: np.random.Generator) -> list[int]:
     return [values[int(j)] for j in rng.permutation(n)]
 
 
-def _plan_split(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Generator) -> list[Slot]:
-    """Round robin over tasks; per task (and per image count), balance answer positions."""
-    slot_tasks = [tasks[i % len(tasks)] for i in range(n)]
+def _task_sequence(n: int, tasks: Sequence[str], weights: Mapping[str, float] | None) -> list[str]:
+    """``n`` task names: round robin, or each task's share ``weight / sum`` (largest remainder),
+    spread evenly through the split rather than in blocks."""
+    if not weights:
+        return [tasks[i % len(tasks)] for i in range(n)]
+    total = sum(weights.get(t, 0.0) for t in tasks)
+    exact = {t: n * weights.get(t, 0.0) / total for t in tasks}
+    counts = {t: int(exact[t]) for t in tasks}
+    for t in sorted(tasks, key=lambda t: counts[t] - exact[t])[: n - sum(counts.values())]:
+        counts[t] += 1
+    # Item j of a task with c items sits at (j + 0.5) / c of the split: evenly spread, deterministic.
+    spots = sorted(((j + 0.5) / counts[t], k, t) for k, t in enumerate(tasks) for j in range(counts[t]))
+    return [t for _, _, t in spots]
+
+
+def _plan_split(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Generator,
+                weights: Mapping[str, float] | None = None) -> list[Slot]:
+    """Tasks by :func:`_task_sequence`; per task (and per image count), balance answer positions."""
+    slot_tasks = _task_sequence(n, tasks, weights)
     slots: list[Slot | None] = [None] * n
     for task in tasks:
         idx = [i for i, t in enumerate(slot_tasks) if t == task]
@@ -144,6 +160,15 @@ def _write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _validate_weights(weights: Mapping[str, float], tasks: Sequence[str]) -> None:
+    unknown = sorted(set(weights) - set(tasks))
+    if unknown:
+        raise ValueError(f"train_weights names task(s) {unknown} that are not generated; tasks: {', '.join(tasks)}")
+    bad = {t: w for t, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0}
+    if bad or not any(weights.get(t, 0) > 0 for t in tasks):
+        raise ValueError(f"train_weights must be non-negative numbers, at least one > 0; got {dict(weights)}")
+
+
 def _validate(n_train: int, n_eval: int, n_captions: int, image_size: int, tasks: Sequence[str]) -> None:
     for name, value in (("n_train", n_train), ("n_eval", n_eval), ("n_captions", n_captions)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -175,8 +200,12 @@ def generate(
     n_captions: int | None = None,
     tasks: Sequence[str] | None = None,
     config: Difficulty | None = None,
+    train_weights: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write the synthetic dataset under ``out_dir`` and return a summary.
+
+    ``train_weights`` ({task: weight}; tasks left out get 0) sets the train split's task shares;
+    the eval split stays round robin, so every task is scored on the same number of items.
 
     The summary has ``out_dir``, ``counts`` ({split: {task: n}}), ``images`` ({split: n_png}),
     ``files`` ({"train"|"eval"|"captions"|"meta": path}) and ``redraws`` (eval samples redrawn
@@ -186,6 +215,8 @@ def generate(
     tasks = list(TASKS if tasks is None else [tasks] if isinstance(tasks, str) else tasks)
     n_captions = n_train if n_captions is None else n_captions
     _validate(n_train, n_eval, n_captions, image_size, tasks)
+    if train_weights:
+        _validate_weights(train_weights, tasks)
     cfg = config or Difficulty()
     ctx = Ctx(image_size, cfg)
     out = Path(out_dir)
@@ -194,7 +225,7 @@ def generate(
     # Independent streams: eval content does not depend on n_train, and splits share no draws.
     seeds = np.random.SeedSequence(seed).spawn(3)
     train_rng, eval_rng, cap_rng = (np.random.default_rng(s) for s in seeds)
-    train_slots = _plan_split(n_train, tasks, cfg, train_rng)
+    train_slots = _plan_split(n_train, tasks, cfg, train_rng, train_weights)
     train, train_h, _ = _generate_split(out, "train", train_slots, ctx, train_rng, set())
     cap_slots = [Slot("caption", 1)] * n_captions
     captions, cap_h, _ = _generate_split(out, "captions", cap_slots, ctx, cap_rng, set())
@@ -204,6 +235,8 @@ def generate(
 
     splits = {"train": train, "eval": evals, "captions": captions}
     meta = {"version": VERSION, "seed": seed, "image_size": image_size, "tasks": tasks, "config": asdict(cfg)}
+    if train_weights:  # only when set: the same seed without weights keeps its meta.json byte-identical
+        meta["train_weights"] = dict(train_weights)
     return _write_outputs(out, splits, meta, redraws)
 
 

@@ -62,17 +62,38 @@ def ensure_synth_data(cfg: DictConfig) -> None:
     if synth is None:
         return
     done = Path(synth.dir) / "meta.json"
-    if rank() == 0 and not done.is_file():
+    if rank() == 0 and _synth_stale(synth, done):
         from ..synth import generate
 
         log.info("generating synthetic data into %s", synth.dir)
+        done.unlink(missing_ok=True)  # the other ranks wait for the new one
+        weights = OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
         generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size,
-                 n_captions=synth.n_captions)
+                 n_captions=synth.n_captions, train_weights=weights)
     deadline = time.time() + 1800
     while not done.is_file():
         if time.time() > deadline:
             raise TimeoutError(f"rank {rank()} waited 30 min for synthetic data at {synth.dir}")
         time.sleep(1)
+
+
+def _synth_stale(synth: DictConfig, meta_file: Path) -> bool:
+    """True when there is no data yet or it was generated with other settings (a changed recipe
+    must not train on the previous recipe's data)."""
+    if not meta_file.is_file():
+        return True
+    meta = json.loads(meta_file.read_text())
+    n_captions = synth.n_train if synth.n_captions is None else synth.n_captions
+    counts = {k: sum(v.values()) for k, v in meta.get("counts", {}).items()}
+    want = {"seed": synth.seed, "image_size": synth.image_size,
+            "counts": {"train": synth.n_train, "eval": synth.n_eval, "captions": n_captions},
+            "train_weights": OmegaConf.to_container(synth.train_weights) if synth.train_weights else None}
+    have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "counts": counts,
+            "train_weights": meta.get("train_weights")}
+    if have != want:
+        log.info("synthetic data in %s was made with %s; regenerating for %s", meta_file.parent, have, want)
+        return True
+    return False
 
 
 def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:

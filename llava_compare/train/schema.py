@@ -71,6 +71,8 @@ class SynthConfig:
     n_captions: Optional[int] = None  # stage-1 caption items; default n_train
     seed: int = 0
     image_size: int = 64
+    # Train split's task shares ({task: weight}, others 0); None: round robin. Eval stays round robin.
+    train_weights: Optional[dict[str, float]] = None
 
 
 @dataclass

@@ -343,3 +343,26 @@ def test_cli_rejects_bad_values(tmp_path, capsys):
     assert "valid tasks" in capsys.readouterr().err
     assert synthetic.main([str(tmp_path), "--train", "1", "--eval", "1", "--image-size", "4"]) == 2
     assert "image_size" in capsys.readouterr().err
+
+
+def test_train_weights_set_train_shares_and_leave_eval_round_robin(tmp_path):
+    """A recipe can train mostly on some tasks (the real-weights demo) and still score every task
+    on the same number of held-out items; answer positions stay balanced within each task."""
+    weights = {"brightness": 3, "blur": 3, "count": 3, "sharpest": 1, "change": 1}
+    generate(tmp_path, n_train=66, n_eval=10, n_captions=0, train_weights=weights)
+    train = json.loads((tmp_path / "train.json").read_text())
+    assert Counter(r["task"] for r in train) == {"brightness": 18, "blur": 18, "count": 18, "sharpest": 6, "change": 6}
+    assert Counter(r["task"] for r in json.loads((tmp_path / "eval.json").read_text())) == {t: 2 for t in TASKS}
+    # spread through the split, not in blocks: every third of it holds each task
+    for third in (train[:22], train[22:44], train[44:]):
+        assert {r["task"] for r in third} == set(TASKS)
+    brightness = [r["options"].index(r["answer"]) for r in train if r["task"] == "brightness"]
+    assert Counter(brightness) == {0: 9, 1: 9}
+    assert json.loads((tmp_path / "meta.json").read_text())["train_weights"] == weights
+
+
+@pytest.mark.parametrize("weights, match", [({"colour": 1}, "not generated"), ({"blur": -1}, "non-negative"),
+                                            ({"blur": 0}, "at least one")])
+def test_bad_train_weights(tmp_path, weights, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tmp_path, n_train=10, n_eval=0, n_captions=0, train_weights=weights)
