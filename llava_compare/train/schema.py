@@ -72,7 +72,9 @@ class SynthConfig:
     seed: int = 0
     image_size: int = 64
     # Train split's task shares ({task: weight}, others 0); None: round robin. Eval stays round robin.
-    train_weights: Optional[dict[str, float]] = None
+    # Typed Any: OmegaConf's struct mode refuses new keys in a typed dict (a `{blur: 1}` override);
+    # the generator checks names and values instead.
+    train_weights: Optional[Any] = None
 
 
 @dataclass
