@@ -33,7 +33,10 @@ pytestmark = pytest.mark.skipif(_wheels_missing() is not None, reason=str(_wheel
 
 # The demo recipes made small: 56 px (4x4 patches -> 2x2 = 4 tokens, as in the demo), batch 2.
 SMALL = ["model.vision.input_size=56", "optim.per_device_batch_size=2", "optim.global_batch_size=2",
-         "optim.warmup_ratio=0", "logger.logging_steps=1", "data.synth=null", "resume=never"]
+         "optim.warmup_ratio=0", "logger.logging_steps=1", "data.synth=null", "resume=never",
+         # 2 steps test the pipeline, not the recipe: at the demo's full lrs (stage 1 3e-3, constant)
+         # two steps leave a model whose greedy answer is empty (seen); these gentler ones do not.
+         "optim.scheduler=cosine", "optim.bf16=true"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_demo_recipes_train_export_reload_and_generate(offline_cache, synth_dir,
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("What is the capital of France?\nName a colour.\n")
     cache = tmp_path / "features"
-    s1 = run(compose_config(["recipe=demo_stage1", *SMALL, f"output_dir={tmp_path / 's1'}", "optim.max_steps=2",
+    s1 = run(compose_config(["recipe=demo_stage1", *SMALL, f"output_dir={tmp_path / 's1'}", "optim.max_steps=2", "optim.lr=1e-3",
                              f"data.train=[{{path: {synth_dir}/captions.json}}]", f"data.feature_cache={cache}"]))
     comp = s1.model.compressor
     assert bool(comp.calibrated) and comp.norm_in.kind == "fixed"  # measured on the cached features
