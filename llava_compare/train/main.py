@@ -67,14 +67,17 @@ def ensure_synth_data(cfg: DictConfig) -> None:
 
         log.info("generating synthetic data into %s", synth.dir)
         done.unlink(missing_ok=True)  # the other ranks wait for the new one
-        weights = OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
         generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size,
-                 n_captions=synth.n_captions, train_weights=weights)
+                 n_captions=synth.n_captions, train_weights=_train_weights(synth))
     deadline = time.time() + 1800
     while not done.is_file():
         if time.time() > deadline:
             raise TimeoutError(f"rank {rank()} waited 30 min for synthetic data at {synth.dir}")
         time.sleep(1)
+
+
+def _train_weights(synth: DictConfig) -> dict[str, float] | None:
+    return OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
 
 
 def _synth_stale(synth: DictConfig, meta_file: Path) -> bool:
@@ -87,7 +90,7 @@ def _synth_stale(synth: DictConfig, meta_file: Path) -> bool:
     counts = {k: sum(v.values()) for k, v in meta.get("counts", {}).items()}
     want = {"seed": synth.seed, "image_size": synth.image_size,
             "counts": {"train": synth.n_train, "eval": synth.n_eval, "captions": n_captions},
-            "train_weights": OmegaConf.to_container(synth.train_weights) if synth.train_weights else None}
+            "train_weights": _train_weights(synth)}
     have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "counts": counts,
             "train_weights": meta.get("train_weights")}
     if have != want:
