@@ -99,3 +99,16 @@ def test_concurrent_runs_sharing_a_cache_compute_each_image_once(synth_dir, tmp_
     n_images = len({im for s in samples for im in s.images})
     assert sum(seen) == n_images
     assert len(results) == 2 and all(len(r.index) == n_images for r in results)
+
+
+@pytest.mark.parametrize("bf16", ["true", "false"])
+def test_fingerprint_tells_bf16_features_from_fp32_ones(synth_dir, tmp_path, bf16):
+    """The cache is built under the run's precision (train.main.autocast): a bf16 run must not reuse
+    an fp32 run's features, nor the other way round."""
+    from llava_compare.train.main import autocast
+
+    model, processor = build_model(tiny_model_cfg())
+    plain = fingerprint(model, processor)
+    with autocast(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path, 1, f"optim.bf16={bf16}")):
+        under_run = fingerprint(model, processor)
+    assert (under_run != plain) == (bf16 == "true")
