@@ -43,7 +43,7 @@ def image_key(image: Any) -> str:
     return hashlib.sha1(raw).hexdigest()
 
 
-def _autocast() -> str | None:
+def autocast_precision() -> str | None:
     """The autocast precision the features are computed under (bf16 features differ), if any."""
     for device in ("cpu", "cuda"):
         if torch.is_autocast_enabled(device):
@@ -58,8 +58,8 @@ def fingerprint(model: Any, processor: Any) -> str:
     vision = model.config.vision_config
     meta = {"vision": vision.to_dict(), "layer": model.config.vision_feature_layer,
             "image_processor": processor.image_processor.to_dict()}
-    if _autocast():
-        meta["autocast"] = _autocast()
+    if autocast_precision():
+        meta["autocast"] = autocast_precision()
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, p in sorted(model.vision_tower.state_dict().items()):
         h.update(name.encode())

@@ -31,6 +31,22 @@ def test_replay_keeps_finished_answers_repeats_them_and_is_reused(tiny, tmp_path
         replay.ensure_replay(model, processor, builder, prompts, tmp_path / "r.json", repeat=2)
 
 
+
+def test_replay_made_in_fp32_is_not_reused_by_a_bf16_run(tiny, tmp_path, monkeypatch):
+    """Greedy answers differ between fp32 and bf16 autocast: the precision is part of the key."""
+    import torch
+
+    model, processor = tiny
+    builder = ConversationBuilder(processor.tokenizer)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("What is red?\n")
+    monkeypatch.setattr(replay, "chat", lambda *a, **k: [("A colour.", True)])
+    out = replay.ensure_replay(model, processor, builder, prompts, tmp_path / "r.json")
+    monkeypatch.setattr(replay, "chat", lambda *a, **k: [("A hue.", True)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        replay.ensure_replay(model, processor, builder, prompts, tmp_path / "r.json")
+    assert json.loads(out.read_text())[0]["conversations"][1]["value"] == "A hue."
+
 def test_empty_prompt_file_is_a_clear_error(tmp_path):
     (tmp_path / "p.txt").write_text("# only a comment\n")
     with pytest.raises(ValueError, match="holds no prompts"):
