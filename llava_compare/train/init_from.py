@@ -68,3 +68,16 @@ def stage_model_config(earlier: Mapping[str, Any], requested: Mapping[str, Any],
             section, _, key = path.rpartition(".")
             (merged[section] if section else merged)[key] = now[path]
     return merged
+
+
+# ``data.*`` keys that decide how images and turns are laid out in the prompt. The compressor and
+# LoRA of the earlier stage learned on that layout; measured on the real-weights demo, a stage 2
+# without the image markers its stage 1 was trained with stayed near chance (docs/evaluation.md).
+PROMPT_KEYS = ("image_marker", "marker_template", "conversation_template", "system_prompt")
+
+
+def prompt_format_changes(earlier_data: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
+    """This stage's prompt-layout settings that differ from the earlier stage's, each as
+    ``data.key=new (earlier stage: old)``; keys the earlier stage did not record are not compared."""
+    return [f"data.{key}={data.get(key)} (earlier stage: {earlier_data[key]!r})"
+            for key in PROMPT_KEYS if key in earlier_data and earlier_data[key] != data.get(key)]

@@ -29,7 +29,7 @@ from ..model.build import build_model
 from ..inspection import log_example
 from .config import REPO_ROOT, compose_config
 from .filler import FillSkippedBatches, first_usable_sample
-from .init_from import stage_model_config
+from .init_from import prompt_format_changes, stage_model_config
 from .outputs import save_base, save_trained
 from .quiet import ignore_dependency_step_warnings
 from .skips import SkipMonitor, check_read_skips
@@ -113,6 +113,11 @@ def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
         model, processor, _ = load(cfg.init_from, merge=True, load_in_4bit=model_cfg["llm"]["load_in_4bit"],
                                    runtime={k: model_cfg[k] for k in ("dtype", "attn_implementation")})
         log.info("initialised from %s (stage %s)", cfg.init_from, meta.get("stage", {}).get("name"))
+        changes = prompt_format_changes(meta.get("config", {}).get("data", {}), OmegaConf.to_container(cfg.data))
+        if changes:  # a warning, not an error: an ablation may change the layout on purpose
+            log.warning("init_from=%s was trained with another prompt layout: %s; the stage's compressor "
+                        "and LoRA learned on that one (set the same values unless this is deliberate)",
+                        cfg.init_from, "; ".join(changes))
     else:
         model_cfg = OmegaConf.to_container(cfg.model)
         model, processor = build_model(model_cfg)
