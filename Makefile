@@ -43,6 +43,7 @@ demo: $(STAMP)
 
 # Optional, after `make demo`: stage 3 teaches the 3-4-image sharpest question (recipes/demo_stage3.yaml).
 demo-stage3: $(STAMP)
+	rm -rf $(DEMO_OUT)/stage3
 	$(DEMO_ENV) $(BIN)/python -m llava_compare.train recipe=demo_stage3 resume=never \
 		seed=$(DEMO_SEED) output_dir=$(DEMO_OUT)/stage3 init_from=$(DEMO_OUT)/stage2
 
