@@ -10,6 +10,6 @@ Neighbours: imports only ``llava_compare.data`` (the ``<image>`` placeholder); u
 """
 
 from .config import TASKS, Difficulty
-from .generator import generate
+from .generator import generate, settings_mismatch
 
-__all__ = ["TASKS", "Difficulty", "generate"]
+__all__ = ["TASKS", "Difficulty", "generate", "settings_mismatch"]

@@ -213,7 +213,7 @@ def generate(
     """
     # A bare string would otherwise be split into letters, each an "unknown task".
     tasks = list(TASKS if tasks is None else [tasks] if isinstance(tasks, str) else tasks)
-    n_captions = n_train if n_captions is None else n_captions
+    n_captions = _caption_count(n_train, n_captions)
     _validate(n_train, n_eval, n_captions, image_size, tasks)
     if train_weights:
         _validate_weights(train_weights, tasks)
@@ -238,6 +238,32 @@ def generate(
     if train_weights:  # only when set: the same seed without weights keeps its meta.json byte-identical
         meta["train_weights"] = dict(train_weights)
     return _write_outputs(out, splits, meta, redraws)
+
+
+def _caption_count(n_train: int, n_captions: int | None) -> int:
+    return n_train if n_captions is None else n_captions
+
+
+def settings_mismatch(
+    out_dir: str | Path,
+    n_train: int,
+    n_eval: int,
+    seed: int = 0,
+    image_size: int = 64,
+    n_captions: int | None = None,
+    train_weights: Mapping[str, float] | None = None,
+) -> str | None:
+    """None when ``out_dir`` holds what :func:`generate` writes for these arguments (read from its
+    meta.json, which is written last); otherwise why not, in words."""
+    meta_file = Path(out_dir) / "meta.json"
+    if not meta_file.is_file():
+        return f"no {meta_file} yet"
+    meta = json.loads(meta_file.read_text())
+    want = {"seed": seed, "image_size": image_size, "train_weights": dict(train_weights) if train_weights else None,
+            "counts": {"train": n_train, "eval": n_eval, "captions": _caption_count(n_train, n_captions)}}
+    have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "train_weights": meta.get("train_weights"),
+            "counts": {split: sum(c.values()) for split, c in meta.get("counts", {}).items()}}
+    return None if have == want else f"it was made with {have}, not {want}"
 
 
 def _write_outputs(

@@ -57,46 +57,26 @@ def setup_logging() -> None:
 
 
 def ensure_synth_data(cfg: DictConfig) -> None:
-    """Generate the synthetic dataset once (rank 0); other ranks wait for its meta.json."""
+    """Generate the synthetic dataset (rank 0) when its folder holds none made with these settings (a
+    changed recipe must not train on the previous recipe's files); other ranks wait until it does."""
     synth = cfg.data.synth
     if synth is None:
         return
-    done = Path(synth.dir) / "meta.json"
-    if rank() == 0 and _synth_stale(synth, done):
-        from ..synth import generate
+    from ..synth import generate, settings_mismatch
 
-        log.info("generating synthetic data into %s", synth.dir)
-        done.unlink(missing_ok=True)  # the other ranks wait for the new one
-        generate(synth.dir, synth.n_train, synth.n_eval, seed=synth.seed, image_size=synth.image_size,
-                 n_captions=synth.n_captions, train_weights=_train_weights(synth))
+    weights = OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
+    args = (synth.dir, synth.n_train, synth.n_eval)
+    kwargs = {"seed": synth.seed, "image_size": synth.image_size, "n_captions": synth.n_captions,
+              "train_weights": weights}
+    why = settings_mismatch(*args, **kwargs) if rank() == 0 else None
+    if why:
+        log.info("generating synthetic data into %s (%s)", synth.dir, why)
+        generate(*args, **kwargs)
     deadline = time.time() + 1800
-    while not done.is_file():
+    while settings_mismatch(*args, **kwargs):  # meta.json is written last: the data is complete
         if time.time() > deadline:
             raise TimeoutError(f"rank {rank()} waited 30 min for synthetic data at {synth.dir}")
         time.sleep(1)
-
-
-def _train_weights(synth: DictConfig) -> dict[str, float] | None:
-    return OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
-
-
-def _synth_stale(synth: DictConfig, meta_file: Path) -> bool:
-    """True when there is no data yet or it was generated with other settings (a changed recipe
-    must not train on the previous recipe's data)."""
-    if not meta_file.is_file():
-        return True
-    meta = json.loads(meta_file.read_text())
-    n_captions = synth.n_train if synth.n_captions is None else synth.n_captions
-    counts = {k: sum(v.values()) for k, v in meta.get("counts", {}).items()}
-    want = {"seed": synth.seed, "image_size": synth.image_size,
-            "counts": {"train": synth.n_train, "eval": synth.n_eval, "captions": n_captions},
-            "train_weights": _train_weights(synth)}
-    have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "counts": counts,
-            "train_weights": meta.get("train_weights")}
-    if have != want:
-        log.info("synthetic data in %s was made with %s; regenerating for %s", meta_file.parent, have, want)
-        return True
-    return False
 
 
 def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from llava_compare.train.config import compose_config
 from llava_compare.train.main import ensure_synth_data
 
@@ -28,3 +30,22 @@ def test_same_settings_reuse_changed_settings_regenerate(tmp_path):
 
     ensure_synth_data(_cfg(tmp_path, "data.synth.train_weights=null", "data.synth.n_train=10"))
     assert len(json.loads((tmp_path / "train.json").read_text())) == 10
+
+
+def test_other_ranks_wait_for_the_regenerated_data_not_the_stale_one(tmp_path, monkeypatch):
+    """Rank 1 must not start on the previous recipe's files while rank 0 regenerates them."""
+    from llava_compare.train import main
+
+    ensure_synth_data(_cfg(tmp_path))  # data of the old settings
+    monkeypatch.setenv("RANK", "1")
+
+    class Waited(Exception):
+        pass
+
+    def sleep(_):
+        raise Waited
+
+    monkeypatch.setattr(main.time, "sleep", sleep)
+    ensure_synth_data(_cfg(tmp_path))  # same settings: nothing to wait for
+    with pytest.raises(Waited):
+        ensure_synth_data(_cfg(tmp_path, "data.synth.n_train=10"))
