@@ -58,8 +58,9 @@ def fingerprint(model: Any, processor: Any) -> str:
     vision = model.config.vision_config
     meta = {"vision": vision.to_dict(), "layer": model.config.vision_feature_layer,
             "image_processor": processor.image_processor.to_dict()}
-    if autocast_precision():
-        meta["autocast"] = autocast_precision()
+    precision = autocast_precision()
+    if precision:
+        meta["autocast"] = precision
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, p in sorted(model.vision_tower.state_dict().items()):
         h.update(name.encode())

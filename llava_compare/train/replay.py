@@ -36,8 +36,9 @@ def read_prompts(path: str | Path) -> list[str]:
 
 def _fingerprint(model: Any, prompts: Sequence[str], max_new_tokens: int) -> str:
     h = hashlib.sha256(json.dumps([list(prompts), max_new_tokens]).encode())
-    if autocast_precision():  # bf16 greedy answers differ from fp32 ones
-        h.update(autocast_precision().encode())
+    precision = autocast_precision()
+    if precision:  # bf16 greedy answers differ from fp32 ones
+        h.update(precision.encode())
     h.update(str(getattr(model.config.text_config, "_name_or_path", "")).encode())
     w = model.get_input_embeddings().weight
     h.update(w[:64].detach().float().cpu().numpy().tobytes())  # which LLM: a slice of its embeddings
