@@ -254,7 +254,8 @@ def settings_mismatch(
     train_weights: Mapping[str, float] | None = None,
 ) -> str | None:
     """None when ``out_dir`` holds what :func:`generate` writes for these arguments (read from its
-    meta.json, which is written last); otherwise why not, in words."""
+    meta.json, which is written last); otherwise why not, in words. The signature mirrors
+    :func:`generate`'s, less ``tasks`` and ``config``, which training configs do not set."""
     meta_file = Path(out_dir) / "meta.json"
     if not meta_file.is_file():
         return f"no {meta_file} yet"
