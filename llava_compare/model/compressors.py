@@ -42,11 +42,14 @@ class InputNorm(nn.Module):
             self.register_buffer("mean", torch.zeros(dim))
             self.register_buffer("std", torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, P, Dv] -> [N, P, Dv]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, P, Dv] -> [N, P, Dv], x's dtype
         if self.kind == "layernorm":
             return self.norm(x)
         if self.kind == "fixed":
-            return (x - self.mean) / self.std
+            # The statistics are buffers, and engines cast parameters only (DeepSpeed's bf16 engine,
+            # FSDP2's MixedPrecisionPolicy): fp32 buffers would promote bf16 features to fp32 and the
+            # next (bf16) Linear would refuse them. Standardise in fp32, hand back x's dtype.
+            return ((x.float() - self.mean.float()) / self.std.float()).to(x.dtype)
         return x
 
 

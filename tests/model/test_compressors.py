@@ -119,3 +119,31 @@ def test_rms_norm_output_keeps_every_token_at_the_target_scale_while_weights_gro
     assert torch.allclose(rms, torch.full_like(rms, 0.2), rtol=1e-4)
     comp(feats).sum().backward()  # gradients still flow
     assert comp.proj[0].weight.grad is not None
+
+
+def _cast_parameters_only(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """What DeepSpeed's bf16 engine and FSDP2's MixedPrecisionPolicy do: parameters in the compute
+    dtype, buffers (the fixed input statistics) left as they were loaded."""
+    for p in module.parameters():
+        p.data = p.data.to(dtype)
+
+
+OPTIONS = [{"input_norm": n, "output_scale": s} for n in ("none", "layernorm", "fixed")
+           for s in ("none", "embedding_rms", "rms_norm")]
+
+
+@pytest.mark.parametrize("spec", [c[0] for c in CASES], ids=[c[0]["type"] for c in CASES])
+@pytest.mark.parametrize("options", OPTIONS, ids=[f"{o['input_norm']}-{o['output_scale']}" for o in OPTIONS])
+def test_bf16_parameters_with_fp32_buffers_compute_in_bf16(spec, options):
+    """The demo's compressor (pool, input_norm=fixed, output_scale=embedding_rms) crashed at step 1
+    under every DeepSpeed bf16 config: its fp32 statistics promoted the bf16 input to fp32."""
+    torch.manual_seed(0)
+    comp = get_compressor({**spec, **options}, DV, DT, GRID)
+    feats = torch.randn(3, GRID * GRID, DV) * 2.5 + 0.3
+    if comp.needs_calibration:
+        calibrate(comp, feats, 0.05)
+    _cast_parameters_only(comp, torch.bfloat16)
+    out = comp(feats.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in comp.parameters() if p.requires_grad)
