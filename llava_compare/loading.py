@@ -37,6 +37,7 @@ from .data.processor import LlavaCompareProcessor
 from .model.build import DTYPES, build_model, quantization_config, quantized_device_map, resolve_attn_implementation
 from .model.lora import add_lora
 from .model.modeling import LlavaCompareForConditionalGeneration
+from .model.sharding import gathered, has_dtensor, is_zero3_partitioned
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,18 @@ def unwrap(model: nn.Module) -> LlavaCompareForConditionalGeneration:
 
 def load_named(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Load trained tensors by parameter name; refuse names the model does not have."""
-    missing = set(tensors) - {n for n, _ in model.named_parameters()}
+    params = dict(model.named_parameters())
+    missing = set(tensors) - set(params)
     if missing:
         raise KeyError(f"checkpoint has parameters the model lacks: {sorted(missing)[:5]}...")
-    model.load_state_dict(tensors, strict=False)
+    if has_dtensor(model):  # FSDP2: each rank keeps its shard of the full tensors (public torch API)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    # ZeRO-3: gather only the parameters being loaded; rank 0's values go back to every partition
+    with gathered([params[n] for n in sorted(tensors)], modify=True):
+        model.load_state_dict(tensors, strict=False)
 
 
 
@@ -125,16 +134,31 @@ def _load_stage(stage_dir: Path, ckpt: Path | None, merge: bool, load_in_4bit: b
                                 "checkpoint-N folders instead")
     model = _start_model(stage_dir, meta, load_in_4bit, runtime)
     if finished and ckpt is None:  # the stage's own product (also right when it was not trained)
-        model.compressor.load_state_dict(load_file(str(stage_dir / COMPRESSOR)))
+        with gathered(model.compressor.parameters(), modify=True):  # ZeRO-3: partitioned while loading
+            model.compressor.load_state_dict(load_file(str(stage_dir / COMPRESSOR)))
     if meta.get("stage", {}).get("train_llm") == "lora":
         model = add_lora(model, meta["peft"])
     trained = (ckpt or stage_dir) / TRAINABLE
     if trained.is_file():
         load_named(model, load_file(str(trained)))
     if merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        model = merge_lora(model)
     proc_dir = ckpt if ckpt is not None and (ckpt / "processor_config.json").is_file() else stage_dir
     return model, LlavaCompareProcessor.from_pretrained(proc_dir), meta
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """LoRA merged into the base weights. Under ZeRO-3 (a stage loaded partitioned by ``init_from``)
+    each adapted layer is gathered alone for its merge, never the whole LLM at once."""
+    if not is_zero3_partitioned(model):
+        return model.merge_and_unload()
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            with gathered(module.parameters(), modify=True):
+                module.merge()
+    return model.unload()  # the merged base layers, adapters removed
 
 
 def _start_model(stage_dir: Path, meta: dict[str, Any], load_in_4bit: bool,

@@ -21,7 +21,8 @@ from torch import nn
 from ..data.conversation import ConversationBuilder
 from ..data.sample import Message, Sample
 from .metrics import format_summary, is_mc, summarize
-from .scoring import batch_generate, prepare_all, score_items
+from .scoring import batch_generate, prepare_all
+from .sharded import score_on_all_ranks, world
 
 
 def prompt_sample(prompt: str, sample_id: str = "chat") -> Sample:
@@ -96,10 +97,12 @@ def user_report(model: nn.Module, processor: Any, builder: ConversationBuilder, 
     kept, skipped = prepare_all(samples)
     was_training = model.training
     model.eval()
-    try:
-        gen = score_items(model, processor, builder, kept, "generate", batch_size, max_new_tokens, progress=False)
+    try:  # every rank scores a share (ZeRO-3 / FSDP forwards need all of them); each gets all records
+        gen = score_on_all_ranks(model, processor, builder, kept, "generate", batch_size, max_new_tokens,
+                                 progress=False)
         mc = [s for s in kept if s.meta["kind"] == "mc"]
-        ll_by_id = {r["id"]: r for r in score_items(model, processor, builder, mc, "loglik", batch_size, progress=False)}
+        ll_by_id = {r["id"]: r for r in score_on_all_ranks(model, processor, builder, mc, "loglik", batch_size,
+                                                           progress=False)}
     finally:
         model.train(was_training)
     summary = summarize(gen)
@@ -107,9 +110,11 @@ def user_report(model: nn.Module, processor: Any, builder: ConversationBuilder, 
         summary["skipped"] = skipped
     agree = agreement([g for g in gen if g["id"] in ll_by_id], [ll_by_id[g["id"]] for g in gen if g["id"] in ll_by_id])
     shown = examples(gen, n_examples)
+    extra = {"agreement": agree, "examples": shown, "chat": list(chats)}
+    if world()[0] != 0:  # rank 0 writes and prints
+        return {**summary, **extra}
     write_outputs(out_dir, gen, kept, summary, {**(run_info or {}), "mode": "generate",
                                                  "max_new_tokens": max_new_tokens, "batch_size": batch_size})
-    extra = {"agreement": agree, "examples": shown, "chat": list(chats)}
     (Path(out_dir) / "demo_report.json").write_text(json.dumps(extra, indent=2))
     print(format_report(summary, agree, shown, chats), flush=True)
     return {**summary, **extra}
@@ -117,7 +122,9 @@ def user_report(model: nn.Module, processor: Any, builder: ConversationBuilder, 
 
 def user_report_run(cfg: Any, model: nn.Module, processor: Any, builder: ConversationBuilder,
                     chats_before: Sequence[str]) -> dict[str, Any]:
-    """The report at the end of a training run (``eval.mode=generate``), on ``cfg.data.eval``."""
+    """The report at the end of a training run (``eval.mode=generate``), on ``cfg.data.eval``.
+    Under ``torchrun`` every rank calls it (chat prompts too: the same prompts on every rank keep
+    sharded forwards in step); rank 0 writes and prints."""
     from omegaconf import OmegaConf
 
     from ..data.formats import SourceSpec, read_sources

@@ -19,6 +19,7 @@ from ..data.sample import IMAGE_PLACEHOLDER
 from .compressors import patch_grid, tokens_per_image
 from .config import LlavaCompareConfig
 from .modeling import LlavaCompareForConditionalGeneration
+from .sharding import is_zero3_partitioned
 from .tiny_tokenizer import build_tiny_tokenizer
 from .vision import image_processor, load_tower, load_vision_config, tiny_vision_config
 
@@ -186,7 +187,9 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     model = LlavaCompareForConditionalGeneration(config, vision_tower=vision, language_model=llm)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    if quant is None:
+    if is_zero3_partitioned(model):  # loaded into ZeRO-3 partitions in dtype; the compressor is not
+        model.compressor.to(dtype)
+    elif quant is None:
         model.to(dtype)
     else:
         model.vision_tower.to(dtype)

@@ -95,6 +95,13 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         self.language_model.set_output_embeddings(value)
 
     @property
+    def is_distributed_loading_by_transformers(self) -> bool:
+        """The Trainer's public flag for a model that already owns its placement and gradient
+        reduction (it then neither wraps it in DDP nor shards it again). Also true once our
+        FSDP2 path (``train/fsdp.py``) has sharded the model, which is the same contract."""
+        return bool(getattr(self, "sharded_by_fsdp2", False)) or super().is_distributed_loading_by_transformers
+
+    @property
     def tokens_per_image(self) -> int:
         return self.compressor.num_tokens
 

@@ -6,6 +6,7 @@ same under ``torchrun``: every rank composes the same config; only rank 0 writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,28 +27,23 @@ from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
+from ..model.sharding import gathered, is_zero3_partitioned
 from ..inspection import log_example
 from .config import REPO_ROOT, compose_config
 from .filler import FillSkippedBatches, first_usable_sample
 from .init_from import prompt_format_changes, stage_model_config
-from .outputs import save_base, save_trained
+from .outputs import base_is_local, save_base, save_trained
 from .quiet import ignore_dependency_step_warnings
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
 from .calibration import calibrate_compressor
+from .distributed import barrier, local_rank, on_rank0, rank, world_size
+from .fsdp import fsdp_enabled, refuse_unsupported, shard
 from .replay import chat_before, replay_from_config
 from .stages import configure_stage
 from .trainer import CompareTrainer
 
 log = logging.getLogger("llava_compare")
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def setup_logging() -> None:
@@ -133,9 +129,11 @@ def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> 
         raise ValueError("data.feature_cache needs the model to compute features")
     from ..data.feature_cache import build_feature_cache
 
-    if torch.cuda.is_available():  # the ViT pass is the expensive part: run it on this rank's GPU
-        model.vision_tower.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    with autocast(cfg):
+    if torch.cuda.is_available() and not is_zero3_partitioned(model.vision_tower):
+        model.vision_tower.to(f"cuda:{local_rank()}")  # the ViT pass is the expensive part: this rank's GPU
+    # Under ZeRO-3 the ViT is partitioned and the engine (whose hooks gather it) does not exist
+    # yet: gather the ViT alone -- every rank runs its share of the images.
+    with autocast(cfg), gathered(model.vision_tower.parameters()):
         return build_feature_cache(model, processor, samples, cfg.data.feature_cache, rank(), world_size())
 
 
@@ -179,7 +177,7 @@ def training_args(cfg: DictConfig) -> TrainingArguments:
 def dist_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """TrainingArguments for the chosen ``dist=``: DeepSpeed JSON or FSDP, else plain DDP."""
     d = cfg.dist
-    if d.deepspeed and d.fsdp:
+    if d.deepspeed and d.fsdp2:
         raise ValueError("dist: choose DeepSpeed or FSDP, not both")
     if d.deepspeed:
         path = Path(d.deepspeed)
@@ -193,8 +191,11 @@ def dist_kwargs(cfg: DictConfig) -> dict[str, Any]:
                              "4-bit weights cannot be partitioned. Use dist=zero2 or dist=ddp (the "
                              "4-bit LLM already fits: ~4 GB for 7B), or dist=fsdp.")
         return {"deepspeed": str(path)}
-    if d.fsdp:
-        return {"fsdp": d.fsdp, "fsdp_config": OmegaConf.to_container(d.fsdp_config)}
+    if d.fsdp2:
+        refuse_unsupported(OmegaConf.to_container(d), OmegaConf.to_container(cfg.model))
+        # The model arrives sharded (train/fsdp.py); the Trainer checkpoints no optimizer state for
+        # such a model unless told to save only the model: CompareTrainer writes that state itself.
+        return {"save_only_model": True}
     return {}
 
 
@@ -213,27 +214,37 @@ def run(cfg: DictConfig) -> RunResult:
     start = choose_start(cfg.output_dir, cfg.resume, cfg.overwrite, is_main=rank() == 0)
     set_seed(cfg.seed)
     os.environ.setdefault("WANDB_PROJECT", cfg.logger.project)
+    # Before the model: under ZeRO-3 the DeepSpeed config must exist while from_pretrained runs, so
+    # the weights load straight into zero.Init partitions (no device ever holds the whole model).
+    args = training_args(cfg)
+    _ = args.device  # sets up the process group now
+    if args.deepspeed:  # zero.Init reads the world size from DeepSpeed's own comm layer
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     ensure_synth_data(cfg)
     model, processor, model_cfg = build_or_load(cfg)
     meta = {"model": model_cfg, "stage": OmegaConf.to_container(cfg.stage), "recipe": cfg.recipe_name,
             "peft": OmegaConf.to_container(cfg.peft), "init_from": cfg.init_from,
             "config": OmegaConf.to_container(cfg)}
-    if rank() == 0:
-        save_base(model, processor, cfg.output_dir, meta)
+    with gathered(model.parameters()) if base_is_local(model_cfg) else contextlib.nullcontext():
+        if rank() == 0:  # a base built from config is saved whole (tiny models only)
+            save_base(model, processor, cfg.output_dir, meta)
     builder = make_builder(cfg, processor)
-    with autocast(cfg):
-        replay_from_config(cfg, model, processor, builder)  # stage 2: the base LLM's own answers, once
-        chats = chat_before(cfg, model, processor, builder) if cfg.eval.enabled else []
+    chats = before_training(cfg, model, processor, builder)
     train_set = make_dataset(cfg, processor, model=model)
-    calibrate_compressor(model, train_set)  # once (input_norm=fixed / output_scale): stage 1, not init_from
+    with gathered([*model.vision_tower.parameters(), model.get_input_embeddings().weight]):
+        calibrate_compressor(model, train_set)  # once (input_norm=fixed / output_scale): stage 1, not init_from
     if rank() == 0:  # one sample as the model sees it: template / marker mistakes show before step 1
         log_example(train_set, log)
     model = configure_stage(model, cfg.stage, cfg.peft)
     if cfg.optim.gradient_checkpointing:
         unwrap(model).config.use_cache = False
+    if fsdp_enabled(cfg.dist):
+        model = shard(model, cfg.dist, bf16=args.bf16)
     skips = SkipMonitor(cfg.data.log_skips_every, cfg.data.max_skip_rate, cfg.data.skip_rate_min_samples)
     trainer = CompareTrainer(
-        model=model, args=training_args(cfg), train_dataset=train_set,
+        model=model, args=args, train_dataset=train_set,
         data_collator=FillSkippedBatches(
             CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing, report_skips=True),
             filler=first_usable_sample(train_set)),
@@ -241,33 +252,63 @@ def run(cfg: DictConfig) -> RunResult:
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
     )
     result = trainer.train(resume_from_checkpoint=start)
+    metrics = finish(cfg, trainer, train_set, skips, result)
+    if cfg.eval.enabled and cfg.data.eval:
+        metrics["eval"] = evaluate_after(cfg, trainer, processor, builder, chats)
+    return RunResult(Path(cfg.output_dir), trainer.model, metrics)
+
+
+def before_training(cfg: DictConfig, model: Any, processor: Any, builder: Any) -> list[str]:
+    """The replay file (stage 2: the base LLM's own answers) and the chat answers before training.
+
+    Both generate with the unsharded model once, on rank 0, while the other ranks wait; rank 0
+    alone writes the replay file, so no rank reads it half-written. Under ZeRO-3 the weights are
+    already partitioned: every rank gathers them for the duration (the whole model on each device
+    for a moment; these are opt-in, demo-scale features)."""
+    if cfg.data.replay is None and not (cfg.eval.enabled and cfg.eval.chat_prompts):
+        return []
+
+    def generate() -> list[str]:
+        with autocast(cfg):
+            replay_from_config(cfg, model, processor, builder)
+            return chat_before(cfg, model, processor, builder) if cfg.eval.enabled else []
+
+    with gathered(model.parameters()):
+        return on_rank0(generate)
+
+
+def finish(cfg: DictConfig, trainer: CompareTrainer, train_set: Any, skips: SkipMonitor, result: Any) -> dict[str, Any]:
+    """Save the stage output (rank 0 writes; gathering the trained tensors is a collective)."""
     skipped = ProblemLog()
     for part in (train_set.read_skipped, skips.skipped):  # at read time + while training (this rank)
         skipped.merge(part)
     metrics = {**result.metrics, "samples_seen": trainer.samples_seen(),  # collective: all ranks
                "skipped": dict(skipped), "skipped_examples": skipped.examples,
-               "log_history": trainer.state.log_history}
+               "log_history": trainer.state.log_history, "distributed": trainer.sharding_report()}
     if skipped:
         log.warning("skipped samples by reason: %s", dict(skipped))
+    log.info("trained under %s", metrics["distributed"]["engine"])
     trained = trainer.trainable_state()  # collective under ZeRO-3 / FSDP: every rank calls it
     if trainer.is_world_process_zero():
         save_trained(trainer.model, cfg.output_dir, trained)
         (Path(cfg.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("saved stage output to %s", cfg.output_dir)
-    if cfg.eval.enabled and cfg.data.eval and cfg.eval.mode == "generate":
-        # The generate-mode report (the demo's) runs in one process (single process or DDP; not
-        # ZeRO-3 / FSDP, whose forwards need every rank).
-        if trainer.is_world_process_zero():
+    return metrics
+
+
+def evaluate_after(cfg: DictConfig, trainer: CompareTrainer, processor: Any, builder: Any,
+                   chats: list[str]) -> dict[str, Any]:
+    """The end-of-run eval, on every rank (under ZeRO-3 / FSDP each forward gathers weights from
+    all of them), in the training precision (FlashAttention-2 refuses fp32 inputs); rank 0 writes."""
+    model = unwrap(trainer.model)
+    with autocast(cfg):
+        if cfg.eval.mode == "generate":
             from ..eval.user_report import user_report_run
 
-            with autocast(cfg):
-                metrics["eval"] = user_report_run(cfg, unwrap(trainer.model), processor, builder, chats)
-    elif cfg.eval.enabled and cfg.data.eval:
+            return user_report_run(cfg, model, processor, builder, chats)
         from ..eval.run import evaluate_run
 
-        # On every rank: under ZeRO-3 / FSDP each forward gathers weights from all of them.
-        metrics["eval"] = evaluate_run(cfg, unwrap(trainer.model), processor)
-    return RunResult(Path(cfg.output_dir), trainer.model, metrics)
+        return evaluate_run(cfg, model, processor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

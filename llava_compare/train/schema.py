@@ -151,8 +151,8 @@ class OptimConfig:
 class DistConfig:
     name: str = "ddp"  # ddp | zero2 | zero2_offload | zero3 | zero3_offload | fsdp
     deepspeed: Optional[str] = None  # DeepSpeed JSON (relative paths: cwd, then the repo)
-    fsdp: Optional[str] = None  # e.g. "full_shard auto_wrap"
-    fsdp_config: dict[str, Any] = field(default_factory=dict)
+    # FSDP2 options (train/fsdp.py), e.g. {reshard_after_forward: true}; null: no FSDP
+    fsdp2: Optional[dict[str, Any]] = None
 
 
 @dataclass

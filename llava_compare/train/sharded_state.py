@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..model.sharding import full_value, gathered, is_zero3_param
+
 CHUNK_ELEMENTS = 50_000_000  # ~200 MB of fp32 gathered at once under ZeRO-3
 
 
@@ -30,22 +32,27 @@ def _chunks(params: list[tuple[str, nn.Parameter]]) -> Iterator[list[tuple[str, 
         yield chunk
 
 
-def _full(p: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
+def _is_main() -> bool:
+    import torch.distributed as dist
 
-    full = p.full_tensor() if isinstance(p, DTensor) else p  # FSDP2: an all-gather
-    return full.detach().cpu().clone()
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def gather_trainable(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{name: full tensor on the CPU}`` for every parameter with ``requires_grad``."""
+    """``{name: full tensor on the CPU}`` for every parameter with ``requires_grad``, on rank 0;
+    ``{}`` on the other ranks, which join the gathers but keep no copy (at 7B full fine-tuning a
+    copy per rank is a whole model per rank per checkpoint)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not any(hasattr(p, "ds_id") for _, p in params):
-        return {n: _full(p) for n, p in params}
-    import deepspeed
-
+    keep = _is_main()
     out: dict[str, torch.Tensor] = {}
+    if not any(is_zero3_param(p) for _, p in params):
+        for n, p in params:
+            full = full_value(p)  # FSDP2: an all-gather every rank joins
+            if keep:
+                out[n] = full.detach().cpu().clone()
+        return out
     for chunk in _chunks(params):
-        with deepspeed.zero.GatheredParameters([p for _, p in chunk], modifier_rank=None):
-            out.update((n, p.detach().cpu().clone()) for n, p in chunk)
+        with gathered([p for _, p in chunk]):
+            if keep:
+                out.update((n, p.detach().cpu().clone()) for n, p in chunk)
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +31,8 @@ from transformers import Trainer
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer import SCHEDULER_NAME
 
-from ..loading import TRAINABLE, load_named
+from ..loading import TRAINABLE, load_named, unwrap
+from ..model.sharding import has_dtensor, has_dtensor_param, is_zero3_param
 from ..data.collator import SKIP_STATS_KEY
 from .checkpoints import (clear_staging, commit, prune, read_marker, require_rng_files, staging_root,
                           write_marker)
@@ -41,6 +43,8 @@ from .sharded_state import gather_trainable
 from .stages import param_groups
 
 log = logging.getLogger(__name__)
+# Not "optimizer*": the Trainer's own loader takes any such folder for its optimizer file.
+FSDP2_OPTIMIZER_DIR = "fsdp2_optim_state"
 
 
 class CompareTrainer(Trainer):
@@ -108,10 +112,48 @@ class CompareTrainer(Trainer):
             num_items_in_batch = None
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    @property
+    def is_fsdp2_ours(self) -> bool:
+        """True when ``train/fsdp.py`` sharded the model (``dist=fsdp``) before the Trainer."""
+        return bool(getattr(unwrap(self.model), "sharded_by_fsdp2", False))
+
+    def engine_name(self) -> str:
+        """What really wrapped the model, read off the objects (not the config): a test of a mode
+        asserts this."""
+        wrapped = self.model_wrapped
+        if type(wrapped).__name__ == "DeepSpeedEngine":
+            return f"DeepSpeedEngine ZeRO-{wrapped.zero_optimization_stage()}"
+        if has_dtensor(self.model):
+            return "FSDP2"
+        if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+            return "DistributedDataParallel"
+        return "single process"
+
+    def sharding_report(self) -> dict[str, Any]:
+        """The engine, and how many parameter elements each rank holds (all / trained) against the
+        model's totals: under ZeRO-3 and FSDP2 each rank holds about total / world. A collective."""
+        mine = [0, 0]
+        total = [0, 0]
+        for p in self.model.parameters():
+            full = getattr(p, "ds_numel", p.numel())  # a DTensor's numel() is already the global size
+            local = p.ds_tensor.numel() if is_zero3_param(p) else (
+                p.to_local().numel() if has_dtensor_param(p) else p.numel())
+            for i, counted in enumerate((True, p.requires_grad)):
+                if counted:
+                    mine[i] += local
+                    total[i] += full
+        every = [mine]
+        if self.args.world_size > 1:
+            every = [None] * self.args.world_size
+            torch.distributed.all_gather_object(every, mine)
+        return {"engine": self.engine_name(), "world_size": self.args.world_size,
+                "numel": {"all": total[0], "trained": total[1]},
+                "local_numel": {"all": [m[0] for m in every], "trained": [m[1] for m in every]}}
+
     def trainable_state(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Full (unsharded) values of the trained parameters, on every rank. Under ZeRO-3 / FSDP
-        each rank holds a shard of each, so they are gathered -- only they, never the frozen
-        model -- in collectives every rank must enter."""
+        """Full (unsharded) values of the trained parameters, on rank 0 ({} elsewhere). Under
+        ZeRO-3 / FSDP each rank holds a shard of each, so they are gathered -- only they, never
+        the frozen model -- in collectives every rank must enter."""
         if state_dict is None and self.is_fsdp_enabled and getattr(
                 self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1:
             state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # FSDP1: flat shards
@@ -123,7 +165,7 @@ class CompareTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # The Trainer's save under ZeRO-3 / FSDP gathers the whole model first; ``_save`` keeps
         # only the trained tensors anyway, so gather just those.
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or self.is_fsdp2_ours:
             self._save(output_dir, state_dict=self.trainable_state())
         else:
             super().save_model(output_dir, _internal_call)
@@ -166,17 +208,50 @@ class CompareTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging = False
+        staged = staging_root(run_dir) / f"checkpoint-{self.state.global_step}"
+        if self.is_fsdp2_ours:
+            self._save_fsdp2_state(staged)
         seen = self.samples_seen()
         self.accelerator.wait_for_everyone()  # every rank's files (RNG, shards) are written
         if self.args.should_save:
-            staged = staging_root(run_dir) / f"checkpoint-{self.state.global_step}"
-            if not self.args.save_only_model and not self.args.save_on_each_node:
+            if (self.is_fsdp2_ours or not self.args.save_only_model) and not self.args.save_on_each_node:
                 require_rng_files(staged, self.args.world_size)
             write_marker(staged, {"step": self.state.global_step, "world_size": self.args.world_size,
                                   "samples_seen": seen})
             commit(staged, run_dir)
             prune(run_dir, self.args.save_total_limit)
             clear_staging(run_dir)
+
+    # --- FSDP2 (train/fsdp.py): the optimizer state the Trainer does not checkpoint -------------
+    # A model sharded before the Trainer starts must run with save_only_model (the Trainer refuses
+    # otherwise), so the optimizer shards, scheduler and RNG are written here: the optimizer with
+    # torch distributed checkpoint (each rank writes its own shard; resumable at any world size).
+    # Written by hand because no Trainer hook saves optimizer state for such a model; the two
+    # Trainer methods used (_save_rng_state here, _load_optimizer_and_scheduler overridden below)
+    # are the documented exception to public-API-only, kept to these two places.
+    def _save_fsdp2_state(self, folder: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
+        dcp.save({"optimizer": get_optimizer_state_dict(self.model, optimizer)},
+                 checkpoint_id=str(folder / FSDP2_OPTIMIZER_DIR))
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), folder / SCHEDULER_NAME)
+        self._save_rng_state(str(folder))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not (self.is_fsdp2_ours and checkpoint):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        state = {"optimizer": get_optimizer_state_dict(self.model, optimizer)}  # the shards to fill
+        dcp.load(state, checkpoint_id=os.path.join(checkpoint, FSDP2_OPTIMIZER_DIR))
+        set_optimizer_state_dict(self.model, optimizer, state["optimizer"])
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
+        log.info("resumed FSDP2 optimizer shards and scheduler from %s", checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
