@@ -1,6 +1,7 @@
 """Packing: the flattened layout (one row per micro-batch, positions restarting per sample);
-packed logits equal unpacked logits per token under sdpa, eager and FlashAttention-2's rule
-(emulated on CPU), images follow their placeholders, losses agree, training builds no cache."""
+packed logits equal unpacked logits per token under sdpa, eager and FlashAttention-2
+(transformers' own FA2 path on fake CPU kernels, in bf16 autocast), images follow their
+placeholders, losses agree, training builds no cache."""
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from llava_compare.data.collator import CompareCollator
 from llava_compare.data.conversation import ConversationBuilder
 from llava_compare.data.dataset import CompareDataset
 from llava_compare.data.sample import Message, Sample
-from tests.fa2_emulation import emulated_flash_attention_2
+from tests.fa2_emulation import BF16_LOGITS_ATOL, KernelCalls, emulated_flash_attention_2
 
 
 def items(processor, tmp_path):
@@ -46,47 +47,90 @@ def test_packed_batch_is_one_flattened_row(tiny, tmp_path):
 
 @pytest.fixture(params=["sdpa", "eager", "flash_attention_2", "flash_attention_2_position_ids"])
 def attention(request, tiny):
-    """The tiny model's LLM under each attention kernel; FA2 is emulated on CPU
-    (tests/fa2_emulation.py), with the collator's cu_seq_lens or from position_ids alone."""
+    """(kernel name, record of the fake FA2 kernel calls or None) with the tiny model's LLM on that
+    kernel. FA2 (tests/fa2_emulation.py) runs under bf16 autocast, as the Trainer's bf16 does with
+    fp32 weights: FA2 refuses the fp32 the tiny model computes in otherwise."""
     model, _ = tiny
     config = model.language_model.config
     if request.param.startswith("flash_attention_2"):
-        with emulated_flash_attention_2(model):
-            yield request.param
+        with emulated_flash_attention_2(model) as calls, torch.autocast("cpu", dtype=torch.bfloat16):
+            yield request.param, calls
         return
     before = config._attn_implementation
     config._attn_implementation = request.param
-    yield request.param
+    yield request.param, None
     config._attn_implementation = before
 
 
+def _assert_kernel_calls(calls: KernelCalls | None, model, kind: str, cu_seqlens: list[int] | None) -> None:
+    """Under FA2: each LLM layer called the ``kind`` kernel once (on ``cu_seqlens``) in bf16.
+    Proves that transformers' FA2 wrapper, not a shortcut, reached the kernel. Then forgets them."""
+    if calls is None:
+        return
+    layers = model.config.text_config.num_hidden_layers
+    assert [c.kind for c in calls.calls] == [kind] * layers
+    assert all(c.dtype == torch.bfloat16 and c.causal and c.cu_seqlens_q == cu_seqlens for c in calls.calls)
+    calls.clear()
+
+
+def _no_labels(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in ("labels", "sample_ids")}
+
+
 def test_packed_logits_equal_unpacked(tiny, tmp_path, attention):
+    """FA2 varlen runs on the collator's cu_seq_lens, or on the ones transformers derives from
+    position_ids alone: both are the samples' bounds. Each sample alone runs the dense kernel."""
+    name, calls = attention
     model, processor = tiny
     batch_items = items(processor, tmp_path)
     packed = CompareCollator(processor.tokenizer.pad_token_id, packing=True)(batch_items)
-    inputs = {k: v for k, v in packed.items() if k not in ("labels", "sample_ids")}
-    if attention == "flash_attention_2_position_ids":  # FA2's other packed path: one row, positions only
+    inputs = _no_labels(packed)
+    if name == "flash_attention_2_position_ids":  # FA2's other packed path: one row, positions only
         inputs = {k: v for k, v in inputs.items() if not k.startswith(("cu_seq_lens", "max_length"))}
+    atol = 1e-4 if calls is None else BF16_LOGITS_ATOL
+    bounds = packed["cu_seq_lens_q"].tolist()
     with torch.no_grad():
         plog = model(**inputs).logits[0]
-        bounds = packed["cu_seq_lens_q"].tolist()
+        _assert_kernel_calls(calls, model, "varlen", bounds)
         for item, start, end in zip(batch_items, bounds[:-1], bounds[1:]):
             single = CompareCollator(processor.tokenizer.pad_token_id)([item])
-            ulog = model(**{k: v for k, v in single.items() if k not in ("labels", "sample_ids")}).logits[0]
-            torch.testing.assert_close(plog[start:end], ulog, rtol=0, atol=1e-4)
+            ulog = model(**_no_labels(single)).logits[0]
+            _assert_kernel_calls(calls, model, "dense", None)
+            torch.testing.assert_close(plog[start:end], ulog, rtol=0, atol=atol)
+
+
+def test_bf16_tolerance_still_catches_samples_that_see_each_other(tiny, tmp_path):
+    """The FA2 tests' looser bf16 tolerance is far below what a leak does: the same packed batch
+    as one varlen sequence (every sample sees the ones before it) moves the later samples' logits."""
+    model, processor = tiny
+    packed = _no_labels(CompareCollator(processor.tokenizer.pad_token_id, packing=True)(items(processor, tmp_path)))
+    bounds = packed["cu_seq_lens_q"].tolist()
+    leaky = {**packed, "cu_seq_lens_q": torch.tensor([0, bounds[-1]], dtype=torch.int32),
+             "max_length_q": bounds[-1]}
+    leaky["cu_seq_lens_k"], leaky["max_length_k"] = leaky["cu_seq_lens_q"], leaky["max_length_q"]
+    with emulated_flash_attention_2(model), torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        right, leaked = model(**packed).logits[0].float(), model(**leaky).logits[0].float()
+    # causal: the first sample sees no other either way; the later ones see their predecessors
+    torch.testing.assert_close(right[:bounds[1]], leaked[:bounds[1]], rtol=0, atol=BF16_LOGITS_ATOL)
+    assert (right[bounds[1]:] - leaked[bounds[1]:]).abs().max() > 10 * BF16_LOGITS_ATOL
 
 
 def test_padded_rows_do_not_see_each_other_under_emulated_fa2(tiny, tmp_path):
-    """The unpacked (padded) batch through FA2's padding-mask path matches one sample at a time."""
+    """The unpacked (padded) batch through FA2's padding-mask path (``_upad_input`` + varlen on
+    each row's kept tokens) matches one sample at a time (dense kernel), in bf16 autocast."""
     model, processor = tiny
     batch_items = items(processor, tmp_path)
     padded = CompareCollator(processor.tokenizer.pad_token_id)(batch_items)
-    with emulated_flash_attention_2(model), torch.no_grad():
-        logits = model(**{k: v for k, v in padded.items() if k not in ("labels", "sample_ids")}).logits
+    lengths = padded["attention_mask"].sum(-1).cumsum(0).tolist()
+    with (emulated_flash_attention_2(model) as calls, torch.autocast("cpu", dtype=torch.bfloat16),
+          torch.no_grad()):
+        logits = model(**_no_labels(padded)).logits
+        _assert_kernel_calls(calls, model, "varlen", [0, *lengths])
         for r, item in enumerate(batch_items):
             single = CompareCollator(processor.tokenizer.pad_token_id)([item])
-            ulog = model(**{k: v for k, v in single.items() if k not in ("labels", "sample_ids")}).logits[0]
-            torch.testing.assert_close(logits[r, :len(ulog)], ulog, rtol=0, atol=1e-4)
+            ulog = model(**_no_labels(single)).logits[0]
+            _assert_kernel_calls(calls, model, "dense", None)
+            torch.testing.assert_close(logits[r, :len(ulog)], ulog, rtol=0, atol=BF16_LOGITS_ATOL)
 
 
 def test_training_forward_never_builds_a_cache(tiny, tmp_path):
