@@ -133,6 +133,8 @@ def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> 
         raise ValueError("data.feature_cache needs the model to compute features")
     from ..data.feature_cache import build_feature_cache
 
+    if world_size() > 1:  # the ranks agree on the cache through the process group the Trainer will use
+        training_args(cfg)  # brings it up (backend, timeout, DeepSpeed) as the Trainer's own args would
     if torch.cuda.is_available():  # the ViT pass is the expensive part: run it on this rank's GPU
         model.vision_tower.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     with autocast(cfg):
