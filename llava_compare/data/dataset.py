@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from .checks import check_image, load_image
 from .conversation import IGNORE, ConversationBuilder, Encoded
-from .feature_cache import FeatureCache, image_key
+from .feature_cache import FeatureCache, FeatureCacheMiss, image_key
 from .problems import ProblemLog
 from .processor import LlavaCompareProcessor
 from .sample import DataError, Sample
@@ -118,12 +118,15 @@ class CompareDataset(Dataset):
 
     def cached_features(self, sample: Sample, image: Any) -> torch.Tensor:
         """``[P, D_vis]`` from the feature cache; an image left out of it (missing, undecodable,
-        too large) is checked again to raise its own problem."""
+        too large) is checked again to raise its own problem, and a sound image the cache lacks
+        raises :class:`FeatureCacheMiss` naming the image and the folder to delete."""
         try:
             return self.feature_cache[image_key(image)]
-        except (OSError, KeyError):
+        except (OSError, FeatureCacheMiss) as err:
             check_image(image, sample.id, self.max_image_pixels)  # raises the image's own DataError
-            raise
+            if isinstance(err, OSError):
+                raise
+            raise FeatureCacheMiss(image, self.feature_cache.folder) from None
 
     def problems(self, sample: Sample) -> list[DataError]:
         """Every problem of ``sample``, not just the first: the checks ``encode`` runs, for the

@@ -5,10 +5,19 @@ learning rate) recomputes identical features. ``build_feature_cache`` runs the V
 dataset's unique images -- each rank a disjoint share -- and writes safetensors shards named by
 rank; the dataset then hands ``vision_features`` (``[N_img, P, D_vis]``) to the model instead of
 pixels. The cache folder is keyed by a fingerprint of everything that changes the features: the
-ViT (config, hub id and weights), ``vision_feature_layer`` and the image preprocessing, so a change
-to any of them starts a new cache rather than reading a stale one.
+ViT (config, hub id and weights), ``vision_feature_layer``, the image preprocessing and the
+autocast precision, so a change to any of them starts a new cache rather than reading a stale one.
 
-Disk cost: P x D_vis values per image (ViT-L/14-336: 576 x 1024 x 2 bytes = 1.2 MB in bf16).
+Several ranks agree through torch.distributed's process group (the Trainer's, brought up before
+the dataset): rank 0 first checks that every rank sees the files it writes in the folder (a
+node-local path fails at once instead of waiting for files that never come), the ranks compute,
+and rank 0 writes ``complete.json`` naming the world size and exactly the index and shard files
+of this build, from what every rank reports it wrote. The reader opens only the files the marker
+names, so files left by a crashed run or another world size are never read (rank 0 removes them).
+
+Disk cost: P x D_vis values per image, stored in bf16 when the features come from a bf16 run
+(a bf16 autocast or a bf16 ViT), else fp32. ViT-L/14-336: 576 x 1024 values = 1.18 MB per image
+in bf16 (~660 GB for LCS-558K), 2.36 MB in fp32 (~1.3 TB).
 No peer framework ships this; written by hand.
 """
 
@@ -18,10 +27,12 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -30,6 +41,10 @@ from .sample import DataError
 
 log = logging.getLogger(__name__)
 SHARD_IMAGES = 256  # images per shard file
+MARKER = "complete.json"  # written last, by rank 0: the cache is complete; names its files
+# How long a rank looks for rank 0's probe file before calling the folder unshared: NFS clients
+# may keep a cached "no such file" for a directory up to its attribute-cache time (30-60 s).
+PROBE_WAIT_S = 60.0
 
 
 def image_key(image: Any) -> str:
@@ -51,6 +66,16 @@ def autocast_precision() -> str | None:
     return None
 
 
+def storage_dtype(model: Any) -> torch.dtype:
+    """bf16 for features computed in a bf16 run (a bf16 autocast or a bf16 ViT), else fp32: the
+    ViT's matmuls, and the compressor's after it, round to bf16 in such a run anyway, and bf16
+    halves the disk."""
+    autocast_bf16 = any(torch.is_autocast_enabled(d) and torch.get_autocast_dtype(d) == torch.bfloat16
+                        for d in ("cpu", "cuda"))
+    tower_bf16 = any(p.dtype == torch.bfloat16 for p in model.vision_tower.parameters())
+    return torch.bfloat16 if autocast_bf16 or tower_bf16 else torch.float32
+
+
 def fingerprint(model: Any, processor: Any) -> str:
     """Hash of what determines the features: ViT config + id + weights, feature layer, preprocessing
     (and the autocast precision, when the cache is built under one)."""
@@ -68,14 +93,44 @@ def fingerprint(model: Any, processor: Any) -> str:
     return h.hexdigest()[:16]
 
 
+class FeatureCacheMiss(KeyError):
+    """An image a complete cache has no features for: it changed since the build, or the cache did."""
+
+    def __init__(self, image: Any, folder: Path):
+        super().__init__(image)
+        self.image, self.folder = image, folder
+
+    def __str__(self) -> str:  # KeyError would print the repr of its argument only
+        return (f"image {self.image} is not in the feature cache {self.folder} although that cache is "
+                "complete: the image (path, size or mtime) changed after the cache was built, or the "
+                "folder was edited; delete the folder to rebuild the cache")
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """``complete.json`` when it is whole and every file it names is there, else None."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        files = [*marker["index"], *marker["shards"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return marker if all((folder / f).is_file() for f in files) else None
+
+
 class FeatureCache:
-    """Read side: ``cache[key]`` -> ``[P, D_vis]`` tensor, from whichever shard holds it."""
+    """Read side: ``cache[key]`` -> ``[P, D_vis]`` tensor (bf16 or fp32, as stored; the compressor
+    casts it to its own dtype), from the shard that holds it. Reads only the files ``complete.json``
+    names."""
 
     def __init__(self, folder: Path):
         self.folder = folder
+        marker = read_marker(folder)
+        if marker is None:
+            raise FileNotFoundError(f"{folder} holds no complete feature cache ({MARKER} is missing or "
+                                    "names files that are gone): delete the folder to rebuild the cache")
+        self.dtype: str = marker["dtype"]
         self.index: dict[str, str] = {}
-        for part in sorted(folder.glob("index-rank*.json")):
-            self.index.update(json.loads(part.read_text()))
+        for part in marker["index"]:
+            self.index.update(json.loads((folder / part).read_text()))
         self._handles: dict[str, Any] = {}
 
     def __contains__(self, key: str) -> bool:
@@ -84,14 +139,45 @@ class FeatureCache:
     def __getitem__(self, key: str) -> torch.Tensor:
         shard = self.index.get(key)
         if shard is None:
-            raise KeyError(f"image {key} is not in the feature cache {self.folder}: the data changed "
-                           "since the cache was built; delete that folder to rebuild it")
+            raise FeatureCacheMiss(f"with key {key}", self.folder)
         if shard not in self._handles:
             self._handles[shard] = safe_open(str(self.folder / shard), framework="pt")
         return self._handles[shard].get_tensor(key)
 
     def __getstate__(self) -> dict[str, Any]:  # dataloader workers reopen their own handles
         return {**self.__dict__, "_handles": {}}
+
+
+class Ranks:
+    """The processes building one cache: torch.distributed's process group when it is up, else
+    this process alone (then the collectives are no-ops)."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        self.distributed = dist.is_available() and dist.is_initialized()
+        if world_size > 1 and not self.distributed:
+            raise RuntimeError(f"feature cache over {world_size} ranks: call torch.distributed."
+                               "init_process_group first (the ranks agree on the cache through it)")
+        self.rank = dist.get_rank() if self.distributed else rank
+        self.size = dist.get_world_size() if self.distributed else world_size
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def from_rank0(self, obj: Any) -> Any:
+        """``obj`` as rank 0 passed it (the others pass anything)."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -101,10 +187,12 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 @torch.no_grad()
 def _compute_share(model: Any, processor: Any, images: dict[str, Any], folder: Path, rank: int,
-                   batch_size: int) -> None:
+                   build: str, batch_size: int) -> dict[str, Any]:
+    """Write this rank's shards and index; returns the names written (``index``, ``shards``)."""
     index: dict[str, str] = {}
     keys = sorted(images)
     device = next(model.vision_tower.parameters()).device
+    dtype = storage_dtype(model)
     for n, shard_keys in enumerate(_batches(keys, SHARD_IMAGES)):
         name, tensors = f"rank{rank:03d}-{n:05d}.safetensors", {}
         for batch in _batches(shard_keys, batch_size):
@@ -112,11 +200,13 @@ def _compute_share(model: Any, processor: Any, images: dict[str, Any], folder: P
             if not decoded:
                 continue
             pixels = processor.preprocess_images(list(decoded.values())).to(device)
-            feats = model.get_vision_features(pixels).float().cpu()  # [b, P, D_vis]
+            feats = model.get_vision_features(pixels).to(dtype).cpu()  # [b, P, D_vis]
             tensors.update({k: f.contiguous() for k, f in zip(decoded, feats)})
         save_file(tensors, str(folder / name))
         index.update({k: name for k in tensors})
-    (folder / f"index-rank{rank:03d}.json").write_text(json.dumps(index))  # written last: "done"
+    index_name = f"index-{build}-rank{rank:03d}.json"  # the build id: no earlier run's file matches
+    (folder / index_name).write_text(json.dumps(index))  # written last: this rank is done
+    return {"index": index_name, "shards": sorted(set(index.values())), "dtype": str(dtype).split(".")[-1]}
 
 
 def _decode(images: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -154,35 +244,112 @@ def build_feature_cache(model: Any, processor: Any, samples: Sequence[Any], root
 
     The folder is ``<fingerprint>-<image set hash>``: a run over other images with the same ViT
     (stage 2 after stage 1) gets its own folder instead of a complete-looking one without them.
-    Single-process runs that share a folder (several seeds at once) take turns through a file
-    lock: the first computes, the others then read."""
+    With torch.distributed initialized its rank and world size are used (``rank`` and
+    ``world_size`` are for a process without one). Single-process runs that share a folder
+    (several seeds at once) take turns through a file lock: the first computes, the others read."""
+    ranks = Ranks(rank, world_size)
     images = _readable_images(samples)
     folder = Path(root) / f"{fingerprint(model, processor)}-{_image_set_hash(images)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if world_size > 1:  # ranks share the work; a lock held across the barrier could deadlock
-        return _build(model, processor, images, folder, rank, world_size, batch_size, timeout_s)
+    if ranks.size > 1:  # ranks share the work; a lock held across the collectives could deadlock
+        _check_same_folder(ranks, folder)
+        _check_shared(ranks, folder, root)
+        return _build(model, processor, images, folder, ranks, batch_size, timeout_s)
     import fcntl
 
+    folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        return _build(model, processor, images, folder, rank, world_size, batch_size, timeout_s)
+        return _build(model, processor, images, folder, ranks, batch_size, timeout_s)
 
 
-def _build(model: Any, processor: Any, images: dict[str, Any], folder: Path, rank: int, world_size: int,
+def _check_same_folder(ranks: Ranks, folder: Path) -> None:
+    """Every rank must key the cache alike, or they would fill different folders."""
+    names = ranks.gather(folder.name)
+    for r, name in enumerate(names):
+        if name != names[0]:
+            raise ValueError(f"feature cache: rank {r} keys the cache as {name}, rank 0 as {names[0]}: "
+                             "the ranks see different image files (paths, sizes or mtimes) or ViT weights; "
+                             "put the data on a filesystem every node mounts")
+
+
+def _check_shared(ranks: Ranks, folder: Path, root: str | Path) -> None:
+    """Rank 0 writes a probe file; every rank must see it, or the ranks would wait for each
+    other's files for ever (a node-local path). Raises on every rank."""
+    probe = ranks.from_rank0(f".probe-{uuid.uuid4().hex}")  # fresh: an old probe proves nothing
+    if ranks.rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / probe).write_text("written by rank 0 to check that every rank sees this folder\n")
+    ranks.barrier()
+    seen = ranks.gather(_appears(folder / probe, PROBE_WAIT_S))
+    if ranks.rank == 0:
+        (folder / probe).unlink(missing_ok=True)
+    blind = [r for r, ok in enumerate(seen) if not ok]
+    if blind:
+        others = f" (and {len(blind) - 1} other ranks)" if len(blind) > 1 else ""
+        raise ValueError(f"data.feature_cache={root} is not shared: rank {blind[0]}{others} cannot see "
+                         "files rank 0 writes there; put the cache on a filesystem every node mounts "
+                         "(or leave data.feature_cache unset)")
+
+
+def _appears(path: Path, wait_s: float) -> bool:
+    deadline = time.time() + wait_s
+    while not path.is_file():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _build(model: Any, processor: Any, images: dict[str, Any], folder: Path, ranks: Ranks,
            batch_size: int, timeout_s: float) -> FeatureCache:
-    done = list(folder.glob("index-rank*.json"))
-    if done and len(done) >= 1 and (folder / "complete").is_file():
+    build = ranks.from_rank0(_start_build(folder) if ranks.rank == 0 else None)
+    if build is None:
         log.info("feature cache: reading %s", folder)
         return FeatureCache(folder)
-    mine = {k: v for k, v in images.items() if int(k, 16) % world_size == rank}
-    (folder / f"index-rank{rank:03d}.json").unlink(missing_ok=True)  # a stale one would pass the barrier
+    mine = {k: v for k, v in images.items() if int(k, 16) % ranks.size == ranks.rank}
     log.info("feature cache: computing %d of %d images into %s", len(mine), len(images), folder)
-    _compute_share(model, processor, mine, folder, rank, batch_size)
-    deadline = time.time() + timeout_s
-    while len(list(folder.glob("index-rank*.json"))) < world_size:  # file barrier: no collective needed
-        if time.time() > deadline:
-            raise TimeoutError(f"feature cache: rank {rank} waited for the other ranks at {folder}")
-        time.sleep(1)
-    if rank == 0:
-        (folder / "complete").write_text(json.dumps({"world_size": world_size, "images": len(images)}))
+    written = _compute_share(model, processor, mine, folder, ranks.rank, build, batch_size)
+    _wait_for_ranks(folder, build, ranks, timeout_s)
+    parts = ranks.gather(written)  # what each rank wrote decides what the cache holds
+    if ranks.rank == 0:
+        _finish(folder, parts, build, len(images))
+    ranks.barrier()  # the marker is on disk before any rank reads it
     return FeatureCache(folder)
+
+
+def _start_build(folder: Path) -> str | None:
+    """None when the folder holds a complete cache; else a fresh build id, with any marker that
+    names missing files removed before the ranks overwrite shards."""
+    if read_marker(folder) is not None:
+        return None
+    (folder / MARKER).unlink(missing_ok=True)
+    return uuid.uuid4().hex[:12]
+
+
+def _wait_for_ranks(folder: Path, build: str, ranks: Ranks, timeout_s: float) -> None:
+    """Wait on the shared folder, not in a collective, until every rank's index of this build is
+    there: ranks may finish hours apart, past the process group's timeout (NCCL: 30 min)."""
+    names = [f"index-{build}-rank{r:03d}.json" for r in range(ranks.size)]
+    deadline = time.time() + timeout_s
+    while not all((folder / n).is_file() for n in names):
+        if time.time() > deadline:
+            missing = [n for n in names if not (folder / n).is_file()]
+            raise TimeoutError(f"feature cache: rank {ranks.rank} waited {timeout_s:.0f} s at {folder} "
+                               f"for {', '.join(missing)}; a rank died or is stuck: see its log")
+        time.sleep(1)
+
+
+def _finish(folder: Path, parts: list[dict[str, Any]], build: str, n_images: int) -> None:
+    """Rank 0: write the marker naming this build's files, then remove every other cache file."""
+    marker = {"build": build, "world_size": len(parts), "images": n_images, "dtype": parts[0]["dtype"],
+              "index": [p["index"] for p in parts], "shards": sorted(s for p in parts for s in p["shards"])}
+    tmp = folder / f".{MARKER}.{build}"
+    tmp.write_text(json.dumps(marker))
+    tmp.replace(folder / MARKER)  # atomic: a reader sees the whole marker or none
+    keep = {*marker["index"], *marker["shards"]}
+    stale = [p for pattern in ("index-*.json", "rank*-*.safetensors", "complete")
+             for p in folder.glob(pattern) if p.name not in keep]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("feature cache: removed %d files of earlier builds from %s", len(stale), folder)

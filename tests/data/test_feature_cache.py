@@ -112,3 +112,119 @@ def test_fingerprint_tells_bf16_features_from_fp32_ones(synth_dir, tmp_path, bf1
     with autocast(stage_cfg("tiny_demo_stage1", synth_dir, tmp_path, 1, f"optim.bf16={bf16}")):
         under_run = fingerprint(model, processor)
     assert (under_run != plain) == (bf16 == "true")
+
+
+def captions(synth_dir):
+    from llava_compare.data.formats import SourceSpec, read_sources
+
+    return read_sources([SourceSpec(path=str(synth_dir / "captions.json"))])
+
+
+def shard_tensors(folder):
+    from safetensors.torch import load_file
+
+    return {k: t for shard in folder.glob("rank*-*.safetensors") for k, t in load_file(shard).items()}
+
+
+def test_a_bf16_run_stores_bf16_features_at_half_the_size(synth_dir, tmp_path, tiny):
+    """A bf16 run's features go to disk in bf16 (the docs' 1.2 MB per ViT-L/336 image), an fp32
+    run's in fp32; the bf16 values are the bf16 run's features rounded to bf16."""
+    import torch
+
+    from llava_compare.data.checks import load_image
+    from llava_compare.data.feature_cache import _readable_images, build_feature_cache, storage_dtype
+
+    model, processor = tiny
+    samples = captions(synth_dir)
+    fp32 = build_feature_cache(model, processor, samples, tmp_path, batch_size=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = build_feature_cache(model, processor, samples, tmp_path, batch_size=64)
+        images = _readable_images(samples)
+        keys = sorted(images)  # the order and batch the cache computed them in
+        pixels = processor.preprocess_images([load_image(images[k], "test") for k in keys])
+        expected = model.get_vision_features(pixels).to(torch.bfloat16)
+    assert bf16.folder != fp32.folder
+    stored = shard_tensors(bf16.folder)
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    assert {t.dtype for t in shard_tensors(fp32.folder).values()} == {torch.float32}
+    assert torch.equal(torch.stack([stored[k] for k in keys]), expected)
+    assert torch.equal(torch.stack([bf16[k] for k in keys]), expected)  # as the dataset reads it
+
+    def size(folder):
+        return sum(p.stat().st_size for p in folder.glob("rank*-*.safetensors"))
+    assert 0.45 < size(bf16.folder) / size(fp32.folder) < 0.56
+    tower_bf16, _ = build_model(tiny_model_cfg())
+    tower_bf16.vision_tower.to(torch.bfloat16)
+    assert storage_dtype(tower_bf16) == torch.bfloat16 and storage_dtype(model) == torch.float32
+
+
+def test_files_of_an_earlier_build_are_never_read(synth_dir, tmp_path, tiny):
+    """A crashed 4-rank build left its index and shard files (wrong or missing data) in the folder:
+    the rebuild reads only the files its own marker names, and removes the others."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llava_compare.data.feature_cache import MARKER, build_feature_cache
+
+    model, processor = tiny
+    samples = captions(synth_dir)
+    first = build_feature_cache(model, processor, samples, tmp_path)
+    truth = {k: first[k] for k in first.index}
+    folder = first.folder
+    (folder / MARKER).unlink()  # the earlier run crashed before marking the cache complete
+    (folder / "complete").unlink(missing_ok=True)
+    keys = sorted(truth)
+    save_file({k: torch.zeros_like(truth[k]) for k in keys[::2]}, str(folder / "rank002-00000.safetensors"))
+    (folder / "index-rank002.json").write_text(json.dumps({k: "rank002-00000.safetensors" for k in keys[::2]}))
+    (folder / "index-rank003.json").write_text(json.dumps({k: "rank003-00000.safetensors" for k in keys[1::2]}))
+    (folder / "index-0123abcd-rank003.json").write_text(json.dumps({k: "rank003-00009.safetensors" for k in keys}))
+    again = build_feature_cache(model, processor, samples, tmp_path)
+    for k in keys:
+        assert torch.equal(again[k], truth[k]), k
+    left = {p.name for p in folder.iterdir()}
+    assert not left & {"index-rank002.json", "index-rank003.json", "index-0123abcd-rank003.json",
+                       "rank002-00000.safetensors"}
+
+
+def test_a_sound_image_missing_from_a_complete_cache_names_image_and_folder(synth_dir, tmp_path, tiny):
+    """An image edited after the cache was built (new key) is not skipped as bad data, nor a bare
+    KeyError: one line naming the image, the cache folder and what to do."""
+    import os
+    import shutil
+
+    from llava_compare.data.conversation import ConversationBuilder
+    from llava_compare.data.dataset import CompareDataset
+    from llava_compare.data.feature_cache import FeatureCacheMiss, build_feature_cache
+
+    model, processor = tiny
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    samples = captions(data)
+    cache = build_feature_cache(model, processor, samples, tmp_path / "cache")
+    builder = ConversationBuilder(processor.tokenizer, "auto", "Image {k}: ", None)
+    dataset = CompareDataset(samples, processor, builder, max_length=256, feature_cache=cache)
+    assert "vision_features" in dataset[0]
+    image = samples[0].images[0]
+    st = os.stat(image)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(FeatureCacheMiss) as err:
+        dataset[0]
+    message = str(err.value)
+    assert "\n" not in message and str(image) in message and str(cache.folder) in message
+    assert "delete the folder" in message
+
+
+def test_ranks_that_key_the_cache_differently_are_refused():
+    """A rank that sees other image files (a node's own copy of the data: other mtimes) would fill
+    another folder than rank 0 and the ranks would wait on each other's files."""
+    from pathlib import Path
+
+    from llava_compare.data.feature_cache import Ranks, _check_same_folder
+
+    class TwoRanks(Ranks):
+        def gather(self, obj):
+            return [obj, "0123456789abcdef-deadbeef"]
+
+    with pytest.raises(ValueError, match="rank 1 keys the cache as 0123456789abcdef-deadbeef, rank 0 as "
+                                         "fedcba9876543210-00000000: the ranks see different image files"):
+        _check_same_folder(TwoRanks(), Path("/cache/fedcba9876543210-00000000"))
