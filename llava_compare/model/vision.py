@@ -151,3 +151,22 @@ def encoder_layers(tower: nn.Module) -> list[nn.Module]:
     if enc is None or not hasattr(enc, "layers") and not hasattr(enc, "layer"):
         enc = getattr(tower, "vision_model", tower).encoder
     return list(enc.layers if hasattr(enc, "layers") else enc.layer)
+
+
+# Modules on top of the encoder that only the tower's own outputs (pooled / last hidden state)
+# use: CLIP's and SigLIP's post_layernorm, SigLIP's pooling head, DINOv2's final layernorm.
+_HEAD_MODULES = ("post_layernorm", "head", "layernorm")
+
+
+def unreached_parameters(tower: nn.Module, layer: int | Sequence[int]) -> list[nn.Parameter]:
+    """Parameters of ``tower`` the selected hidden states never depend on: the encoder layers
+    above the deepest selected one, the output heads, and DINOv2's ``mask_token`` (used only for
+    masked-image pretraining). They get no gradient, so training them would make DDP fail
+    ("parameters that were not used in producing loss") and waste optimizer state."""
+    layers = encoder_layers(tower)
+    top = getattr(tower, "vision_model", tower)
+    modules = [*layers[deepest_layer(layer, len(layers)):],
+               *[m for name in _HEAD_MODULES if isinstance(m := getattr(top, name, None), nn.Module)]]
+    params = [p for m in modules for p in m.parameters()]
+    mask_token = getattr(getattr(top, "embeddings", None), "mask_token", None)
+    return params + ([mask_token] if isinstance(mask_token, nn.Parameter) else [])

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..model.lora import add_lora
-from ..model.vision import deepest_layer, encoder_layers
+from ..model.vision import deepest_layer, encoder_layers, unreached_parameters
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,19 @@ def keep_trainable_fp32(model: nn.Module) -> int:
 
 
 def set_vision_trainable(vision_tower: nn.Module, stage: Mapping[str, Any], feature_layer: Any = -1) -> None:
-    """``stage.train_vision``: the whole ViT, or with ``stage.vision_trainable_layers=N`` only the
+    """``stage.train_vision``: the whole ViT below the features (layers above the deepest
+    ``vision_feature_layer`` and the output heads stay frozen: nothing reaches them), or with ``stage.vision_trainable_layers=N`` only the
     N encoder layers just below ``feature_layer`` (the hidden state the compressor reads: the last
     N layers that reach it). The embeddings and earlier layers stay frozen; their features still
     reach the compressor through the residual stream."""
     train = bool(stage["train_vision"])
     last = stage.get("vision_trainable_layers")
     vision_tower.requires_grad_(train and last is None)
-    if not train or last is None:
+    if not train:
+        return
+    if last is None:  # the whole tower that reaches the features; the rest gets no gradient
+        for p in unreached_parameters(vision_tower, feature_layer):
+            p.requires_grad_(False)
         return
     layers = encoder_layers(vision_tower)
     used = deepest_layer(feature_layer, len(layers))  # hidden_states[i] is the output of the first i layers

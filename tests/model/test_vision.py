@@ -88,3 +88,22 @@ def test_clip_runs_at_another_size_by_interpolating_positions():
 def test_unknown_tower_type_is_refused():
     with pytest.raises(ValueError, match="clip, siglip or dinov2"):
         tiny_vision_config({**tiny_model_cfg()["vision"], "type": "convnext"})
+
+
+@pytest.mark.parametrize("layer", [-1, -2, [0, 1]], ids=["last", "second-last", "list"])
+@pytest.mark.parametrize("kind,registers", [("clip", 0), ("siglip", 0), ("dinov2", 0), ("dinov2", 2)],
+                         ids=["clip", "siglip", "dinov2", "dinov2-registers"])
+def test_whole_tower_training_leaves_no_parameter_without_a_gradient(kind, registers, layer):
+    """stage.train_vision=true crashed DDP at step 2 (`parameters that were not used in producing
+    loss`): CLIP's post_layernorm, SigLIP's head and the layers above vision_feature_layer were
+    trainable but never reached. Every parameter left trainable must now get a gradient."""
+    from llava_compare.train.stages import set_vision_trainable
+
+    model, _ = build_model(_cfg(kind, registers, layer))
+    set_vision_trainable(model.vision_tower, {"train_vision": True}, layer)
+    model.get_vision_features(torch.randn(2, 3, 32, 32)).square().sum().backward()
+    trainable = {n: p for n, p in model.vision_tower.named_parameters() if p.requires_grad}
+    assert trainable, "the tower must still train"
+    unreached = [n for n, p in trainable.items() if p.grad is None]
+    assert not unreached, f"trainable but never reached by the features: {unreached}"
+    assert any("embeddings" in n for n in trainable)  # the path to the features still trains
