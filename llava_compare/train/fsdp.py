@@ -61,8 +61,10 @@ def shard(model: nn.Module, dist_cfg: Mapping[str, Any], bf16: bool) -> nn.Modul
         fully_shard(unit, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(vlm.compressor, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(vlm, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
-    # generate() does not go through the root's forward: gather the root's own weights for it too
-    register_fsdp_forward_method(vlm, "generate")
+    # Entry points that do not go through the root's forward (generate; the eval's option scoring,
+    # which reuses image features across rows) gather the root's own weights too
+    for method in ("generate", "get_image_features", "embed_inputs"):
+        register_fsdp_forward_method(vlm, method)
     vlm.sharded_by_fsdp2 = True
     # transformers' flag for FSDP-managed modules: generate() then keeps finished ranks stepping
     # (synced_gpus) so every rank joins each gather

@@ -27,7 +27,7 @@ from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
-from ..model.sharding import gathered, is_zero3_partitioned
+from ..model.sharding import gathered, is_zero3_param, is_zero3_partitioned
 from ..inspection import log_example
 from .config import REPO_ROOT, compose_config
 from .filler import FillSkippedBatches, first_usable_sample
@@ -242,6 +242,8 @@ def run(cfg: DictConfig) -> RunResult:
         unwrap(model).config.use_cache = False
     if fsdp_enabled(cfg.dist):
         model = shard(model, cfg.dist, bf16=args.bf16)
+    if args.deepspeed and args.bf16:
+        to_engine_dtype(model)
     skips = SkipMonitor(cfg.data.log_skips_every, cfg.data.max_skip_rate, cfg.data.skip_rate_min_samples)
     trainer = CompareTrainer(
         model=model, args=args, train_dataset=train_set,
@@ -258,13 +260,24 @@ def run(cfg: DictConfig) -> RunResult:
     return RunResult(Path(cfg.output_dir), trainer.model, metrics)
 
 
+def to_engine_dtype(model: Any) -> None:
+    """Under DeepSpeed bf16, parameters not yet partitioned (the compressor, LoRA adapters: built
+    outside ``zero.Init``) in bf16, as ZeRO-2's engine casts its whole module: ZeRO-3 converts them
+    as they are, so they computed in fp32 beside a bf16 LLM. DeepSpeed's bf16 optimizer keeps the
+    fp32 master copy of every trained tensor."""
+    for p in model.parameters():
+        if not is_zero3_param(p) and p.is_floating_point() and p.dtype != torch.bfloat16:
+            p.data = p.data.to(torch.bfloat16)
+
+
 def before_training(cfg: DictConfig, model: Any, processor: Any, builder: Any) -> list[str]:
     """The replay file (stage 2: the base LLM's own answers) and the chat answers before training.
 
     Both generate with the unsharded model once, on rank 0, while the other ranks wait; rank 0
     alone writes the replay file, so no rank reads it half-written. Under ZeRO-3 the weights are
     already partitioned: every rank gathers them for the duration (the whole model on each device
-    for a moment; these are opt-in, demo-scale features)."""
+    for a moment; these are opt-in, demo-scale features) and every rank generates, because
+    transformers syncs ``generate()`` over the ranks under ZeRO-3 (``synced_gpus``)."""
     if cfg.data.replay is None and not (cfg.eval.enabled and cfg.eval.chat_prompts):
         return []
 
@@ -273,8 +286,12 @@ def before_training(cfg: DictConfig, model: Any, processor: Any, builder: Any) -
             replay_from_config(cfg, model, processor, builder)
             return chat_before(cfg, model, processor, builder) if cfg.eval.enabled else []
 
-    with gathered(model.parameters()):
+    if not is_zero3_partitioned(model):
         return on_rank0(generate)
+    with gathered(model.parameters()):
+        answers = generate()
+    barrier()  # rank 0's replay file is complete before any rank reads it
+    return answers
 
 
 def finish(cfg: DictConfig, trainer: CompareTrainer, train_set: Any, skips: SkipMonitor, result: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from ..data.conversation import ConversationBuilder
 from ..data.feature_cache import autocast_precision
 from ..eval.user_report import chat
+from .distributed import rank
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,12 @@ def ensure_replay(model: Any, processor: Any, builder: ConversationBuilder, prom
             for r in range(repeat) for i, (p, (a, done)) in enumerate(zip(prompts, answers)) if done and a]
     kept = len(rows) // max(repeat, 1)
     log.info("replay: %d of %d answers finished within %d tokens; %d rows", kept, len(prompts), max_new_tokens, len(rows))
+    if rank() != 0:  # under ZeRO-3 every rank generates (synced); one writes
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(out)  # atomic: a reader sees the old file or the whole new one
     stamp.write_text(key)  # last: a file without its stamp is rewritten
     return out
 

@@ -58,10 +58,25 @@ class CompareTrainer(Trainer):
         super().__init__(*args, **kwargs)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        self._watch_compute_dtypes()
         marker = read_marker(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
         # The checkpoint holds the all-rank total; rank 0 carries it so the sum stays right.
         self._samples_seen = (marker or {}).get("samples_seen", 0) if self.args.process_index == 0 else 0
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _watch_compute_dtypes(self) -> None:
+        """Record, at the first training forward, the dtype the compressor and the first LLM block
+        really computed in (engine casts and autocast decide it, not the config): the run's
+        metrics report it, and the bf16 tests assert it."""
+        self.compute_dtypes: dict[str, str] = {}
+        vlm = unwrap(self.model)
+        watched = {"compressor": vlm.compressor, "llm_block": vlm.language_model.get_decoder().layers[0]}
+        for name, module in watched.items():
+            def record(mod: Any, args: Any, out: Any, name: str = name) -> None:
+                tensor = out[0] if isinstance(out, tuple) else out
+                if mod.training and name not in self.compute_dtypes and torch.is_tensor(tensor):
+                    self.compute_dtypes[name] = str(tensor.dtype).replace("torch.", "")
+            module.register_forward_hook(record)
 
     def samples_seen(self) -> int:
         """Samples trained on so far, over all ranks (a collective: every rank must call it)."""
@@ -147,6 +162,7 @@ class CompareTrainer(Trainer):
             every = [None] * self.args.world_size
             torch.distributed.all_gather_object(every, mine)
         return {"engine": self.engine_name(), "world_size": self.args.world_size,
+                "compute_dtypes": dict(getattr(self, "compute_dtypes", {})),
                 "numel": {"all": total[0], "trained": total[1]},
                 "local_numel": {"all": [m[0] for m in every], "trained": [m[1] for m in every]}}
 

@@ -1,0 +1,112 @@
+"""Every ``dist=`` under 2-process torchrun on CPU, each run proving the mode really ran.
+
+- The demo's real model shape (DINOv2-S + SmolLM2-135M, ``recipe=demo_stage2`` as shipped: bf16,
+  feature cache, pool compressor with ``input_norm=fixed`` / ``output_scale=embedding_rms``,
+  layers 6+12) under ddp, zero2, zero2_offload, zero3, zero3_offload and fsdp: these carried the
+  bf16 crash (every DeepSpeed config died at step 1) and the FSDP that was DDP. Under zero3 and
+  fsdp the run also replays, answers the chat prompt before and after, and ends with the
+  generate-mode report on every rank, under a deadline (rank 0 alone used to deadlock).
+- The tiny model for every stage (align, LoRA, full fine-tuning, whole vision tower) under zero3
+  and fsdp, and the whole-tower stage under ddp (it crashed at step 2 on unused parameters).
+
+Each run asserts from its ``train_metrics.json`` what wrapped the model (read off the objects by
+``CompareTrainer.engine_name``), that ZeRO-3 / FSDP2 ranks hold about total / world parameter
+elements each, and, for bf16 runs, the dtype the compressor and the first LLM block computed in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_OVERRIDES
+from tests.train.torchrun import torchrun
+
+ENGINES = {"ddp": "DistributedDataParallel", "zero2": "DeepSpeedEngine ZeRO-2",
+           "zero2_offload": "DeepSpeedEngine ZeRO-2", "zero3": "DeepSpeedEngine ZeRO-3",
+           "zero3_offload": "DeepSpeedEngine ZeRO-3", "fsdp": "FSDP2"}
+SHARDED = {"zero3", "zero3_offload", "fsdp"}
+TWO_STEPS = ["optim.max_steps=2", "optim.per_device_batch_size=2", "optim.global_batch_size=4",
+             "optim.warmup_ratio=0", "logger.logging_steps=1", "resume=never", "save_steps=100000"]
+
+
+def check_mode(out: Path, dist: str, bf16: bool) -> dict:
+    """The run's ``distributed`` report, checked against what ``dist`` must have done."""
+    report = json.loads((out / "train_metrics.json").read_text())["distributed"]
+    assert report["engine"] == ENGINES[dist], report
+    assert report["world_size"] == 2
+    for kind in ("all", "trained"):
+        local, total = report["local_numel"][kind], report["numel"][kind]
+        if dist in SHARDED:  # each rank a partition (ZeRO-3 pads its partitions: sum >= total)
+            assert all(0 < n <= total // 2 + 4096 for n in local), (kind, local, total)
+            assert sum(local) >= total
+        else:
+            assert local == [total, total], (kind, local, total)
+    if bf16:
+        assert report["compute_dtypes"] == {"compressor": "bfloat16", "llm_block": "bfloat16"}, report
+    losses = [h["loss"] for h in json.loads((out / "train_metrics.json").read_text())["log_history"] if "loss" in h]
+    assert losses and all(0 < x < 50 for x in losses), losses
+    return report
+
+
+# --- the demo's real shape ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_data(offline_weights, tmp_path_factory):
+    """A small synthetic set for the demo recipe and a prompt file for the replay."""
+    from llava_compare.synth import generate
+
+    root = tmp_path_factory.mktemp("demo_matrix")
+    generate(root / "synth", n_train=24, n_eval=8, seed=0, image_size=64, n_captions=8)
+    (root / "prompts.txt").write_text("What is the capital of France?\nName a colour.\n")
+    return root
+
+
+def demo_args(root: Path, out: Path, dist: str, with_eval: bool) -> list[str]:
+    synth = root / "synth"
+    args = ["recipe=demo_stage2", "init_from=null", f"dist={dist}", f"output_dir={out}", *TWO_STEPS,
+            "data.synth=null", f"data.train=[{{path: {synth}/train.json}}]",
+            f"data.feature_cache={root / 'features'}"]  # built by the first run, read by the others
+    if not with_eval:
+        return [*args, "data.replay=null", "eval.enabled=false"]
+    return [*args, f"data.replay.prompts={root / 'prompts.txt'}", f"data.replay.out={out}-replay.json",
+            "data.replay.max_new_tokens=8", f"data.eval=[{{path: {synth}/eval.json, max_samples: 5}}]",
+            "eval.max_new_tokens=4", "eval.chat_max_new_tokens=6", "eval.batch_size=2"]
+
+
+@pytest.mark.parametrize("dist", list(ENGINES))
+def test_demo_model_trains_in_bf16_under_every_dist(dist, demo_data, tmp_path):
+    out = tmp_path / dist
+    with_eval = dist in ("zero3", "fsdp")
+    proc = torchrun(demo_args(demo_data, out, dist, with_eval), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_mode(out, dist, bf16=True)
+    if with_eval:  # replay, chat before/after and the generate report finished on every rank
+        report = json.loads((out / "eval" / "demo_report.json").read_text())
+        assert report["chat"] and report["chat"][0]["before"] is not None
+        assert json.loads((out / "eval" / "results.json").read_text())
+        assert Path(f"{out}-replay.json").is_file()
+
+
+# --- the tiny model, every stage ----------------------------------------------------------------
+STAGES = {
+    "align": ["recipe=tiny_demo_stage1", "stage=align", "peft=none"],
+    "instruct_lora": ["recipe=tiny_demo_stage2", "stage=instruct_lora", "peft=lora", "peft.r=8",
+                      "stage.train_vision=false"],
+    "instruct_full": ["recipe=tiny_demo_stage2", "stage=instruct_full", "peft=none", "stage.train_vision=false"],
+    "whole_vision": ["recipe=tiny_demo_stage2", "stage=instruct_full", "peft=none", "stage.train_vision=true",
+                     "stage.vision_trainable_layers=null"],
+}
+TINY_CASES = [(s, d) for s in STAGES for d in ("zero3", "fsdp")] + [("whole_vision", "ddp")]
+
+
+@pytest.mark.parametrize("stage,dist", TINY_CASES, ids=[f"{s}-{d}" for s, d in TINY_CASES])
+def test_tiny_model_trains_every_stage(stage, dist, synth_dir, tmp_path):
+    out = tmp_path / "run"
+    data = "captions" if stage == "align" else "train"
+    proc = torchrun([*STAGES[stage], *TINY_OVERRIDES, "init_from=null", f"dist={dist}", f"output_dir={out}",
+                     *TWO_STEPS, f"data.train=[{{path: {synth_dir}/{data}.json}}]", "data.eval=[]",
+                     "eval.enabled=false"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_mode(out, dist, bf16=False)
