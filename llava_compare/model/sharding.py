@@ -57,6 +57,20 @@ def blocks(module: nn.Module, classes: set[type[nn.Module]]) -> list[nn.Module]:
     return [m for m in module.modules() if type(m) in classes]
 
 
+def numel_counts(module: nn.Module) -> dict[str, list[int]]:
+    """``{"all": [local, total], "trained": [local, total]}`` parameter elements: ``local`` is what
+    this rank holds (a ZeRO-3 partition, an FSDP2 shard, else everything), ``total`` the model's."""
+    counts = {"all": [0, 0], "trained": [0, 0]}
+    for p in module.parameters():
+        total = getattr(p, "ds_numel", p.numel())  # a DTensor's numel() is already the global size
+        local = p.ds_tensor.numel() if is_zero3_param(p) else (
+            p.to_local().numel() if has_dtensor_param(p) else p.numel())
+        for kind in ("all", "trained") if p.requires_grad else ("all",):
+            counts[kind][0] += local
+            counts[kind][1] += total
+    return counts
+
+
 def full_value(p: torch.Tensor) -> torch.Tensor:
     """The whole tensor behind a parameter: an FSDP2 DTensor is all-gathered (a collective)."""
     from torch.distributed.tensor import DTensor
@@ -76,4 +90,4 @@ def has_dtensor(module: nn.Module) -> bool:
 
 
 __all__: list[Any] = ["block_classes", "blocks", "full_value", "gathered", "has_dtensor", "has_dtensor_param",
-                      "is_zero3_param", "is_zero3_partitioned"]
+                      "is_zero3_param", "is_zero3_partitioned", "numel_counts"]

@@ -27,7 +27,7 @@ from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
-from ..model.sharding import gathered, is_zero3_param, is_zero3_partitioned
+from ..model.sharding import gathered, is_zero3_param, is_zero3_partitioned, numel_counts
 from ..inspection import log_example
 from .config import REPO_ROOT, compose_config
 from .filler import FillSkippedBatches, first_usable_sample
@@ -224,6 +224,7 @@ def run(cfg: DictConfig) -> RunResult:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     ensure_synth_data(cfg)
     model, processor, model_cfg = build_or_load(cfg)
+    at_load = numel_counts(model)  # what this rank holds before any engine: ZeRO-3 partitions already
     meta = {"model": model_cfg, "stage": OmegaConf.to_container(cfg.stage), "recipe": cfg.recipe_name,
             "peft": OmegaConf.to_container(cfg.peft), "init_from": cfg.init_from,
             "config": OmegaConf.to_container(cfg)}
@@ -254,7 +255,7 @@ def run(cfg: DictConfig) -> RunResult:
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
     )
     result = trainer.train(resume_from_checkpoint=start)
-    metrics = finish(cfg, trainer, train_set, skips, result)
+    metrics = finish(cfg, trainer, train_set, skips, result, at_load)
     if cfg.eval.enabled and cfg.data.eval:
         metrics["eval"] = evaluate_after(cfg, trainer, processor, builder, chats)
     return RunResult(Path(cfg.output_dir), trainer.model, metrics)
@@ -294,14 +295,15 @@ def before_training(cfg: DictConfig, model: Any, processor: Any, builder: Any) -
     return answers
 
 
-def finish(cfg: DictConfig, trainer: CompareTrainer, train_set: Any, skips: SkipMonitor, result: Any) -> dict[str, Any]:
+def finish(cfg: DictConfig, trainer: CompareTrainer, train_set: Any, skips: SkipMonitor, result: Any,
+           at_load: dict[str, list[int]]) -> dict[str, Any]:
     """Save the stage output (rank 0 writes; gathering the trained tensors is a collective)."""
     skipped = ProblemLog()
     for part in (train_set.read_skipped, skips.skipped):  # at read time + while training (this rank)
         skipped.merge(part)
     metrics = {**result.metrics, "samples_seen": trainer.samples_seen(),  # collective: all ranks
                "skipped": dict(skipped), "skipped_examples": skipped.examples,
-               "log_history": trainer.state.log_history, "distributed": trainer.sharding_report()}
+               "log_history": trainer.state.log_history, "distributed": trainer.sharding_report(at_load)}
     if skipped:
         log.warning("skipped samples by reason: %s", dict(skipped))
     log.info("trained under %s", metrics["distributed"]["engine"])

@@ -32,7 +32,7 @@ from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer import SCHEDULER_NAME
 
 from ..loading import TRAINABLE, load_named, unwrap
-from ..model.sharding import has_dtensor, has_dtensor_param, is_zero3_param
+from ..model.sharding import has_dtensor, numel_counts
 from ..data.collator import SKIP_STATS_KEY
 from .checkpoints import (clear_staging, commit, prune, read_marker, require_rng_files, staging_root,
                           write_marker)
@@ -65,12 +65,16 @@ class CompareTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _watch_compute_dtypes(self) -> None:
-        """Record, at the first training forward, the dtype the compressor and the first LLM block
-        really computed in (engine casts and autocast decide it, not the config): the run's
+        """Record, at the first training forward, the dtype the compressor and a Linear of the first
+        LLM block really computed in (engine casts and autocast decide it, not the config): the run's
         metrics report it, and the bf16 tests assert it."""
         self.compute_dtypes: dict[str, str] = {}
         vlm = unwrap(self.model)
-        watched = {"compressor": vlm.compressor, "llm_block": vlm.language_model.get_decoder().layers[0]}
+        block = vlm.language_model.get_decoder().layers[0]
+        # a plain Linear inside the first block (under LoRA: the frozen base layer); the block's own
+        # output is the residual stream, which autocast leaves in the weights' dtype
+        linear = next(m for m in block.modules() if type(m) is torch.nn.Linear)
+        watched = {"compressor": vlm.compressor, "llm_linear": linear}
         for name, module in watched.items():
             def record(mod: Any, args: Any, out: Any, name: str = name) -> None:
                 tensor = out[0] if isinstance(out, tuple) else out
@@ -144,27 +148,24 @@ class CompareTrainer(Trainer):
             return "DistributedDataParallel"
         return "single process"
 
-    def sharding_report(self) -> dict[str, Any]:
+    def sharding_report(self, at_load: dict[str, list[int]] | None = None) -> dict[str, Any]:
         """The engine, and how many parameter elements each rank holds (all / trained) against the
-        model's totals: under ZeRO-3 and FSDP2 each rank holds about total / world. A collective."""
-        mine = [0, 0]
-        total = [0, 0]
-        for p in self.model.parameters():
-            full = getattr(p, "ds_numel", p.numel())  # a DTensor's numel() is already the global size
-            local = p.ds_tensor.numel() if is_zero3_param(p) else (
-                p.to_local().numel() if has_dtensor_param(p) else p.numel())
-            for i, counted in enumerate((True, p.requires_grad)):
-                if counted:
-                    mine[i] += local
-                    total[i] += full
+        model's totals -- now and, given ``at_load`` (this rank's ``numel_counts`` right after the
+        model was built), before the Trainer started: under ZeRO-3 and FSDP2 each rank holds about
+        total / world. A collective."""
+        mine = {"now": numel_counts(self.model), "at_load": at_load}
         every = [mine]
         if self.args.world_size > 1:
             every = [None] * self.args.world_size
             torch.distributed.all_gather_object(every, mine)
-        return {"engine": self.engine_name(), "world_size": self.args.world_size,
-                "compute_dtypes": dict(getattr(self, "compute_dtypes", {})),
-                "numel": {"all": total[0], "trained": total[1]},
-                "local_numel": {"all": [m[0] for m in every], "trained": [m[1] for m in every]}}
+        report: dict[str, Any] = {"engine": self.engine_name(), "world_size": self.args.world_size,
+                                  "compute_dtypes": dict(getattr(self, "compute_dtypes", {}))}
+        for when, prefix in (("now", ""), ("at_load", "at_load_")):
+            if every[0][when] is None:
+                continue
+            report[f"{prefix}numel"] = {k: v[1] for k, v in every[0][when].items()}
+            report[f"{prefix}local_numel"] = {k: [m[when][k][0] for m in every] for k in every[0][when]}
+        return report
 
     def trainable_state(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Full (unsharded) values of the trained parameters, on rank 0 ({} elsewhere). Under

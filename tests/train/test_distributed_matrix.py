@@ -11,7 +11,9 @@
 
 Each run asserts from its ``train_metrics.json`` what wrapped the model (read off the objects by
 ``CompareTrainer.engine_name``), that ZeRO-3 / FSDP2 ranks hold about total / world parameter
-elements each, and, for bf16 runs, the dtype the compressor and the first LLM block computed in.
+elements each (under ZeRO-3 already right after loading, before the Trainer existed: ``ds_tensor``
+partitions of ``zero.Init``), and, for bf16 runs, the dtype the compressor and a Linear of the first
+LLM block computed in.
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ def check_mode(out: Path, dist: str, bf16: bool) -> dict:
             assert sum(local) >= total
         else:
             assert local == [total, total], (kind, local, total)
+    if dist.startswith("zero3"):  # loaded under zero.Init: partitions before the Trainer existed
+        local, total = report["at_load_local_numel"]["all"], report["at_load_numel"]["all"]
+        assert all(0 < n <= total // 2 + 4096 for n in local) and sum(local) >= total, (local, total)
     if bf16:
-        assert report["compute_dtypes"] == {"compressor": "bfloat16", "llm_block": "bfloat16"}, report
+        assert report["compute_dtypes"] == {"compressor": "bfloat16", "llm_linear": "bfloat16"}, report
     losses = [h["loss"] for h in json.loads((out / "train_metrics.json").read_text())["log_history"] if "loss" in h]
     assert losses and all(0 < x < 50 for x in losses), losses
     return report
