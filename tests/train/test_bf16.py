@@ -61,3 +61,23 @@ def test_bf16_weights_with_fp32_vit_layers_train_without_the_trainers_autocast()
     model(**inputs, labels=labels).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert all(g is not None and g.dtype == torch.float32 for g in grads.values())
+
+
+def test_end_of_run_loglik_eval_runs_in_the_training_precision(synth_dir, tmp_path):
+    """The loglik eval after training ran without autocast: fp32 weights with FlashAttention-2
+    (what attn_implementation=auto picks on a flash-attn GPU) reached the kernel as fp32 queries,
+    which FA2 refuses. The fake kernels refuse fp32 exactly as the real one does."""
+    from llava_compare.train.config import compose_config
+    from llava_compare.train.main import run
+    from tests.conftest import TINY_OVERRIDES
+    from tests.fa2_emulation import fake_flash_attn_2
+
+    cfg = compose_config(["recipe=tiny_demo_stage2", *TINY_OVERRIDES, f"output_dir={tmp_path / 'run'}",
+                          "init_from=null", "optim.max_steps=1", "optim.bf16=true",
+                          "model.attn_implementation=flash_attention_2", "eval.enabled=true", "eval.mode=loglik",
+                          f"data.train=[{{path: {synth_dir}/train.json}}]",
+                          f"data.eval=[{{path: {synth_dir}/eval.json, max_samples: 4}}]"])
+    with fake_flash_attn_2() as calls:
+        result = run(cfg)
+    assert result.metrics["eval"]["n"] > 0
+    assert calls.calls and {c.dtype for c in calls.calls} == {torch.bfloat16}
