@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compressors import get_compressor
 from .config import LlavaCompareConfig
+from .sharding import is_zero3_partitioned
 from .vision import patch_features, tower_from_config
 
 
@@ -79,6 +80,16 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         )
         self.language_model = (language_model if language_model is not None
                                else AutoModelForCausalLM.from_config(config.text_config))
+        # Under ZeRO-3, from_config builds a sub-model into zero.Init partitions and initialises it
+        # with transformers' initialize_weights_zero3, which runs the init (and flags each module
+        # _is_hf_initialized) on rank 0 only, then writes rank 0's values to every partition. The
+        # post_init() below would then re-initialise the other ranks' empty partitions (rank 1
+        # died on an Embedding's padding row: "IndexError: index 0 is out of bounds for dimension
+        # 0 with size 0"). Their values are final on every rank: flag them there too, as on rank 0.
+        for part in (self.vision_tower, self.language_model):
+            if is_zero3_partitioned(part):
+                for module in part.modules():
+                    module._is_hf_initialized = True
         self.post_init()
 
     # --- embeddings plumbing, delegated so resize_token_embeddings / peft / generate work ----------

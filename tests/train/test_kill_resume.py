@@ -6,6 +6,12 @@ is real; the kill moment comes from the test-only ``LLAVA_COMPARE_TEST_KILL_AT``
 covers both cases and two resumes: kill inside checkpoint 4's write (after the weights file, before
 optimizer/RNG/state) -> resume from checkpoint-2 -> kill during step 5 -> resume from the
 checkpoint-4 the resumed run wrote -> finish at step 6.
+
+The sharded modes (ZeRO-2, ZeRO-3, FSDP2), two processes each, take the mid-step kill alone: a
+rank lost during step 5 -> resume from checkpoint-4 -> the uninterrupted run's weights. That
+resume goes through each mode's own checkpoint code (DeepSpeed's engine checkpoint without the
+frozen weights; FSDP2's trained tensors + torch distributed checkpoint of the optimizer shards),
+and each run's ``train_metrics.json`` shows the engine that really trained and how it sharded.
 """
 
 import json
@@ -13,6 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from safetensors.torch import load_file
@@ -20,33 +27,59 @@ from safetensors.torch import load_file
 from llava_compare.train.checkpoints import STAGING, is_complete
 from llava_compare.train.fault_injection import ENV
 from tests.conftest import LORA, TINY_OVERRIDES
+from tests.train.torchrun import TORCHRUN, run_with_deadline
 
 STEPS, GLOBAL_BATCH = 6, 4
 LAUNCHERS = {  # per-device batch 2: gradient accumulation 2 single-process, 1 under torchrun
     "single": [sys.executable, "-m", "llava_compare.train"],
-    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                 "-m", "llava_compare.train"],
+    "torchrun": [*TORCHRUN, "-m", "llava_compare.train"],
 }
 
 
-def train(launcher: str, synth_dir: Path, out: Path, kill: str | None = None) -> subprocess.CompletedProcess:
-    args = [*TINY_OVERRIDES, "resume=auto", f"output_dir={out}", f"optim.max_steps={STEPS}",
+def train(launcher: str, synth_dir: Path, out: Path, kill: str | None = None, dist: str = "ddp",
+          extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    args = [*TINY_OVERRIDES, "resume=auto", f"output_dir={out}", f"dist={dist}", f"optim.max_steps={STEPS}",
             "optim.warmup_ratio=0", f"data.train=[{{path: {synth_dir}/train.json}}]", "data.eval=[]",
             "eval.enabled=false", "init_from=null", "optim.per_device_batch_size=2",
             f"optim.global_batch_size={GLOBAL_BATCH}", "optim.lr=1e-2", "optim.llm_lr=1e-2", *LORA,
-            "save_steps=2", "save_total_limit=2"]
+            "save_steps=2", "save_total_limit=2", *extra]
     env = {k: v for k, v in os.environ.items() if k != ENV}
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", **({ENV: kill} if kill else {}))
-    return subprocess.run([*LAUNCHERS[launcher], "recipe=tiny_demo_stage2", *args], cwd=out.parent, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_with_deadline([*LAUNCHERS[launcher], "recipe=tiny_demo_stage2", *args], out.parent, env)
+
+
+def sigkilled(proc: subprocess.CompletedProcess, launcher: str) -> bool:
+    """The run died of the test's SIGKILL, not of some error on the way: a single process by the
+    signal itself; under torchrun the launcher exits 1 and names the signal that ended the worker."""
+    if launcher == "single":
+        return proc.returncode == -9
+    return proc.returncode != 0 and "Signal 9 (SIGKILL)" in proc.stderr
 
 
 def complete(out: Path) -> list[str]:
     return sorted(p.name for p in out.glob("checkpoint-*") if is_complete(p))
 
 
+def metrics(out: Path) -> dict[str, Any]:
+    return json.loads((out / "train_metrics.json").read_text())
+
+
 def samples_seen(out: Path) -> int:
-    return json.loads((out / "train_metrics.json").read_text())["samples_seen"]
+    return metrics(out)["samples_seen"]
+
+
+def assert_same_weights(straight: Path, resumed: Path, what: str, atol: float = 1e-5) -> None:
+    """The final ``trainable.safetensors`` of both runs hold the same tensors, LoRA among them.
+
+    Same world size, seed and batches, CPU kernels and gloo reductions in the same order: the runs
+    come out bit-identical here (DDP, ZeRO-2, ZeRO-3 and FSDP2 alike). ``atol`` only leaves room for
+    reduction-order noise; a resume that loses the optimizer state, scheduler or data position
+    is off by lr-sized steps (lr 1e-2: FSDP2 with its Adam state dropped ends 4e-3 away)."""
+    ref, ours = load_file(str(straight / "trainable.safetensors")), load_file(str(resumed / "trainable.safetensors"))
+    assert ref.keys() == ours.keys() and any("lora_" in k for k in ref)
+    for name in ref:
+        diff = float((ref[name] - ours[name]).abs().max())
+        assert diff <= atol, f"{what}: {name} differs from the uninterrupted run by {diff:.2e}"
 
 
 @pytest.mark.parametrize("launcher", ["single", "torchrun"])
@@ -57,7 +90,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, synth_dir,
 
     # 1. killed inside checkpoint 4's write: only a torn staging copy of it exists
     proc = train(launcher, synth_dir, out, kill="save:4")
-    assert proc.returncode != 0 and (launcher != "single" or proc.returncode == -9), proc.stderr[-3000:]
+    assert sigkilled(proc, launcher), proc.stderr[-3000:]
     assert complete(out) == ["checkpoint-2"] and not (out / "checkpoint-4").exists()
     assert (out / STAGING / "checkpoint-4" / "trainable.safetensors").is_file()
     assert not (out / STAGING / "checkpoint-4" / "trainer_state.json").exists()
@@ -65,7 +98,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, synth_dir,
     # 2. resumes from checkpoint-2 past the torn save, then is killed during step 5 (rank 1 only
     #    under torchrun: a lost worker; torchrun takes the other one down)
     proc = train(launcher, synth_dir, out, kill="step:5" if launcher == "single" else "step:5:1")
-    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert sigkilled(proc, launcher), proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and "checkpoint-2" in proc.stderr
     assert complete(out) == ["checkpoint-2", "checkpoint-4"] and not (out / STAGING).exists()
     assert not (out / "trainable.safetensors").exists()
@@ -75,13 +108,53 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, synth_dir,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and "checkpoint-4" in proc.stderr
 
-    straight, resumed = load_file(str(tmp_path / "straight" / "trainable.safetensors")), load_file(
-        str(out / "trainable.safetensors"))
-    assert straight.keys() == resumed.keys() and any("lora_" in k for k in straight)
-    for name in straight:
-        diff = float((straight[name] - resumed[name]).abs().max())
-        assert diff <= 1e-5, f"{launcher}: {name} differs from the uninterrupted run by {diff:.2e}"
+    assert_same_weights(tmp_path / "straight", out, launcher)
     assert samples_seen(out) == samples_seen(tmp_path / "straight") == STEPS * GLOBAL_BATCH
     assert complete(out) == ["checkpoint-4", "checkpoint-6"]  # save_total_limit=2 pruned checkpoint-2
     if launcher == "torchrun":
         assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (out / "checkpoint-6").iterdir()}
+
+
+ENGINES = {"zero2": "DeepSpeedEngine ZeRO-2", "zero3": "DeepSpeedEngine ZeRO-3", "fsdp": "FSDP2"}
+# What each mode's checkpoint holds besides trainable.safetensors: the state the resume must load
+# through that mode's own code (DeepSpeed's engine checkpoint, FSDP2's distributed checkpoint).
+OPTIMIZER_STATE = {"zero2": "global_step4", "zero3": "global_step4", "fsdp": "fsdp2_optim_state"}
+# LoRA dropout draws from each rank's RNG: the resumed run matches only if every rank's RNG state
+# came back too (under FSDP2 written by CompareTrainer._save_fsdp2_state, not the Trainer).
+DROPOUT = ("peft.dropout=0.1",)
+
+
+def assert_engine(out: Path, dist: str) -> None:
+    """The run really trained under ``dist``: the engine read off the objects, and under ZeRO-3 /
+    FSDP2 each rank held only part of the trained parameters (ZeRO-2 partitions only the optimizer
+    state: every rank holds them all)."""
+    report = metrics(out)["distributed"]
+    assert report["engine"] == ENGINES[dist] and report["world_size"] == 2, report
+    total, local = report["numel"]["trained"], report["local_numel"]["trained"]
+    assert len(local) == 2 and total > 0, report
+    if dist == "zero2":
+        assert local == [total, total], report
+    else:
+        assert all(0 < n < total for n in local), report
+
+
+@pytest.mark.parametrize("dist", ["zero2", "zero3", "fsdp"])
+def test_sharded_run_sigkilled_mid_step_resumes_to_the_uninterrupted_weights(dist, synth_dir, tmp_path):
+    ref = train("torchrun", synth_dir, tmp_path / "straight", dist=dist, extra=DROPOUT)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert_engine(tmp_path / "straight", dist)
+    out = tmp_path / "killed"
+
+    # rank 1 dies during step 5, after checkpoint-4 is written; torchrun takes rank 0 down
+    proc = train("torchrun", synth_dir, out, kill="step:5:1", dist=dist, extra=DROPOUT)
+    assert sigkilled(proc, "torchrun"), proc.stderr[-3000:]
+    assert complete(out) == ["checkpoint-2", "checkpoint-4"] and not (out / "trainable.safetensors").exists()
+    assert (out / "checkpoint-4" / OPTIMIZER_STATE[dist]).is_dir()
+
+    proc = train("torchrun", synth_dir, out, dist=dist, extra=DROPOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoint-4'}" in proc.stderr
+    assert_engine(out, dist)
+    assert_same_weights(tmp_path / "straight", out, dist)
+    assert samples_seen(out) == samples_seen(tmp_path / "straight") == STEPS * GLOBAL_BATCH
+    assert complete(out) == ["checkpoint-4", "checkpoint-6"]

@@ -12,14 +12,21 @@ import psutil
 import pytest
 
 DEADLINE_S = 240  # a healthy run takes well under a minute here; a hang would wait for ever
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 
 
 def torchrun(args: list[str], cwd: Path, deadline_s: int = DEADLINE_S) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=2 -m llava_compare.train ARGS``; fails the test when the run is
-    still going after ``deadline_s``, killing it and its workers (which hold its output pipes)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "llava_compare.train", *args]
+    still going after ``deadline_s`` (see :func:`run_with_deadline`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    return run_with_deadline([*TORCHRUN, "-m", "llava_compare.train", *args], cwd, env, deadline_s)
+
+
+def run_with_deadline(cmd: list[str], cwd: Path, env: dict[str, str], deadline_s: int = DEADLINE_S
+                      ) -> subprocess.CompletedProcess:
+    """``cmd`` with its output captured; fails the test when it is still going after ``deadline_s``,
+    killing it and its workers (which hold its output pipes: ``subprocess.run``'s own timeout kills
+    only the launcher, then waits for ever on the pipes the workers keep open)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=deadline_s)
@@ -28,5 +35,5 @@ def torchrun(args: list[str], cwd: Path, deadline_s: int = DEADLINE_S) -> subpro
         for p in [*launcher.children(recursive=True), launcher]:
             p.kill()
         out, err = proc.communicate()
-        pytest.fail(f"the 2-process run hung (still running after {deadline_s} s); its log ends:\n{err[-3000:]}")
+        pytest.fail(f"the run hung (still running after {deadline_s} s); its log ends:\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
