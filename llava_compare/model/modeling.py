@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compressors import get_compressor
@@ -78,8 +78,9 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
             config.compressor, config.vision_feature_dim, config.text_config.hidden_size,
             config.patch_grid,
         )
+        # Built from config directly (as tower_from_config): the same init under every dist=.
         self.language_model = (language_model if language_model is not None
-                               else AutoModelForCausalLM.from_config(config.text_config))
+                               else MODEL_FOR_CAUSAL_LM_MAPPING[type(config.text_config)](config.text_config))
         # Under ZeRO-3, from_config builds a sub-model into zero.Init partitions and initialises it
         # with transformers' initialize_weights_zero3, which runs the init (and flags each module
         # _is_hf_initialized) on rank 0 only, then writes rank 0's values to every partition. The

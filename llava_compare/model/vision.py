@@ -83,8 +83,12 @@ def _model_class(config: PreTrainedConfig) -> type[nn.Module]:
 
 
 def tower_from_config(config: PreTrainedConfig) -> nn.Module:
-    """A randomly initialised tower of the config's type (weights loaded afterwards)."""
-    return _model_class(config)._from_config(config)
+    """A randomly initialised tower of the config's type (tiny models; or weights loaded after).
+
+    Constructed directly, not through ``_from_config``, which under ZeRO-3 builds into
+    ``zero.Init`` partitions and draws the random init in another order: the same seed must give
+    the same tiny model under every ``dist=`` (there is nothing to load, so nothing to save)."""
+    return _model_class(config)(config)
 
 
 def load_tower(name_or_path: str, config: PreTrainedConfig, dtype: torch.dtype, attn: str) -> nn.Module:
