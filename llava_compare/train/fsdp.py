@@ -4,8 +4,9 @@ Why not the Trainer's / accelerate's FSDP: accelerate applies FSDP only on GPU-c
 CPU ``dist=fsdp`` silently trained plain DDP, so no CPU test could exercise it), and its wrap
 policy takes a static list of class names and raises for the first one a model lacks. Like
 torchtitan, we shard one unit per transformer block -- the classes each sub-model declares in its
-own ``_no_split_modules`` (``model.sharding.block_classes``) -- then the compressor, then the root
-(embeddings, norms, LM head, the rest of the ViT).
+own ``_no_split_modules`` (``model.sharding.block_classes``) -- then the root (embeddings, norms,
+LM head, the rest of the ViT, and the compressor: a few MB, and as a unit of its own its output
+-- a view of its last Linear's -- drew FSDP2's in-place-on-view warning at every run).
 
 The Trainer is then told, through the public ``is_distributed_loading_by_transformers`` flag of
 the model (``modeling``), that the model already owns its placement and gradient reduction, so
@@ -59,7 +60,6 @@ def shard(model: nn.Module, dist_cfg: Mapping[str, Any], bf16: bool) -> nn.Modul
     units = blocks(vlm, classes)
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
-    fully_shard(vlm.compressor, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(vlm, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     # Entry points that do not go through the root's forward (generate; the eval's option scoring,
     # which reuses image features across rows) gather the root's own weights too
@@ -69,7 +69,7 @@ def shard(model: nn.Module, dist_cfg: Mapping[str, Any], bf16: bool) -> nn.Modul
     # transformers' flag for FSDP-managed modules: generate() then keeps finished ranks stepping
     # (synced_gpus) so every rank joins each gather
     vlm._is_fsdp_managed_module = True
-    log.info("FSDP2: %d blocks (%s) + compressor + root sharded over %d ranks%s",
+    log.info("FSDP2: %d blocks (%s) + root sharded over %d ranks%s",
              len(units), ", ".join(sorted(c.__name__ for c in classes)), world_size(),
              "; bf16 compute, fp32 reduction" if bf16 else "")
     return model
