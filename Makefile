@@ -56,7 +56,9 @@ tiny-demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Benchmarks print numbers; they are never timed test assertions.
+# Benchmarks print numbers; they are never timed test assertions. Run on their own (not part of
+# make bench): benchmarks/build_memory.py (build time / peak RSS) and benchmarks/zero3_memory.py
+# (host memory per rank, DDP vs ZeRO-3 under torchrun; `--dry-run` is tested). See BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 

@@ -25,18 +25,24 @@ TINY_VISION = {"name_or_path": None, "image_size": 32, "patch_size": 8, "hidden_
                "num_heads": 2, "intermediate_size": 64}
 
 
+def status_gb(field: str = "VmHWM") -> float:
+    """A memory field of this process's /proc/self/status in GB: VmHWM (peak RSS), VmRSS (now)."""
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1e6
+
+
 def peak_gb() -> float:
-    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1e6
+    return status_gb("VmHWM")
 
 
-def write_folder(out: Path, dtype: str) -> None:
+def write_folder(out: Path, dtype: str, shape: dict = SHAPE) -> None:
+    """A LLaMA folder of ``shape`` saved in ``dtype`` (uninitialised weights) with the tiny tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llava_compare.model.tiny_tokenizer import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
-    config = LlamaConfig(**SHAPE, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    config = LlamaConfig(**shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
