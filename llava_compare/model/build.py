@@ -19,7 +19,7 @@ from ..data.sample import IMAGE_PLACEHOLDER
 from .compressors import patch_grid, tokens_per_image
 from .config import LlavaCompareConfig
 from .modeling import LlavaCompareForConditionalGeneration
-from .sharding import is_zero3_partitioned
+from .sharding import is_zero3_partitioned, partition_rest
 from .tiny_tokenizer import build_tiny_tokenizer
 from .vision import image_processor, load_tower, load_vision_config, tiny_vision_config
 
@@ -200,6 +200,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
         from .projector_import import import_projector
 
         import_projector(model, model_cfg["compressor_init"])
+    partition_rest(model)  # ZeRO-3: the compressor and resized embeddings become partitions too
     if quant is not None and not tcfg.get("name_or_path"):
         model = quantize_llm(model, model_cfg)
     processor = LlavaCompareProcessor(

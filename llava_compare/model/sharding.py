@@ -42,6 +42,25 @@ def gathered(params: Iterable[nn.Parameter], modify: bool = False) -> Iterator[N
         yield
 
 
+def partition_rest(model: nn.Module) -> None:
+    """Under ZeRO-3, partition the parameters built outside ``zero.Init`` (the compressor, and the
+    word embeddings that ``resize_token_embeddings`` rebuilds whole on purpose), so that right
+    after loading each rank holds about 1 / world of every tensor: with a 128k vocabulary the
+    embeddings alone are 1 B parameters. ``zero.Init(module=...)`` converts what is not yet
+    partitioned and leaves the rest alone."""
+    if not is_zero3_partitioned(model):
+        return
+    import deepspeed
+    from transformers.integrations.deepspeed import deepspeed_config
+
+    # the partitions' dtype (zero.Init's, from the DeepSpeed config): its optimizer takes one dtype
+    dtype = next(p.ds_tensor.dtype for p in model.parameters() if is_zero3_param(p))
+    for p in model.parameters():
+        if not is_zero3_param(p) and p.is_floating_point():
+            p.data = p.data.to(dtype)
+    deepspeed.zero.Init(module=model, config_dict_or_path=deepspeed_config())
+
+
 def block_classes(*parts: nn.Module) -> set[type[nn.Module]]:
     """The transformer-block classes of ``parts`` (the ViT, the LLM), from each model's own
     ``_no_split_modules`` (transformers' declaration of its blocks), kept only where such a module
@@ -90,4 +109,4 @@ def has_dtensor(module: nn.Module) -> bool:
 
 
 __all__: list[Any] = ["block_classes", "blocks", "full_value", "gathered", "has_dtensor", "has_dtensor_param",
-                      "is_zero3_param", "is_zero3_partitioned", "numel_counts"]
+                      "is_zero3_param", "is_zero3_partitioned", "numel_counts", "partition_rest"]

@@ -234,7 +234,8 @@ def run(cfg: DictConfig) -> RunResult:
     builder = make_builder(cfg, processor)
     chats = before_training(cfg, model, processor, builder)
     train_set = make_dataset(cfg, processor, model=model)
-    with gathered([*model.vision_tower.parameters(), model.get_input_embeddings().weight]):
+    with gathered([*model.vision_tower.parameters(), model.get_input_embeddings().weight]), \
+            gathered(model.compressor.parameters(), modify=True):
         calibrate_compressor(model, train_set)  # once (input_norm=fixed / output_scale): stage 1, not init_from
     if rank() == 0:  # one sample as the model sees it: template / marker mistakes show before step 1
         log_example(train_set, log)

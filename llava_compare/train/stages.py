@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..model.lora import add_lora
+from ..model.sharding import is_zero3_param
 from ..model.vision import deepest_layer, encoder_layers, unreached_parameters
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def keep_trainable_fp32(model: nn.Module) -> int:
     module back to bf16 and keeps its own fp32 master copy. Returns the number of tensors upcast."""
     upcast = 0
     for p in model.parameters():
-        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+        # a ZeRO-3 partition's tensor is an empty placeholder: DeepSpeed keeps its fp32 master
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) and not is_zero3_param(p):
             p.data = p.data.float()
             upcast += 1
     if upcast:

@@ -116,3 +116,34 @@ def test_tiny_model_trains_every_stage(stage, dist, synth_dir, tmp_path):
                      "eval.enabled=false"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     check_mode(out, dist, bf16=False)
+
+
+def test_init_from_chain_under_zero3_merges_lora_like_one_process(synth_dir, tmp_path):
+    """Under zero3 an ``init_from`` model loads into partitions, so its trained tensors are loaded
+    and its LoRA merged one gathered layer at a time (loading.merge_lora). Stage 1 -> stage 2
+    (LoRA) -> a third stage from stage 2: the base the third stage starts from (saved whole: tiny
+    parts) must equal stage 2 merged by a single process."""
+    import torch
+    from safetensors.torch import load_file
+
+    from llava_compare.loading import load
+
+    def stage(name: str, recipe: str, data: str, init_from: str, *extra: str) -> Path:
+        out = tmp_path / name
+        proc = torchrun([f"recipe={recipe}", *TINY_OVERRIDES, "dist=zero3", f"output_dir={out}", *TWO_STEPS,
+                         f"init_from={init_from}", f"data.train=[{{path: {synth_dir}/{data}.json}}]",
+                         "data.eval=[]", "eval.enabled=false", *extra], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        check_mode(out, "zero3", bf16=False)
+        return out
+
+    lora = ["stage=instruct_lora", "peft=lora", "peft.r=8", "stage.train_vision=false"]
+    s1 = stage("s1", "tiny_demo_stage1", "captions", "null")
+    s2 = stage("s2", "tiny_demo_stage2", "train", str(s1), *lora)
+    s3 = stage("s3", "tiny_demo_stage2", "train", str(s2), *lora)
+    merged = load(s2, merge=True)[0].state_dict()
+    started = load_file(str(s3 / "model.safetensors"))
+    llm = [k for k in merged if k.startswith(("language_model.", "compressor."))]
+    assert llm and all(k in started for k in llm)
+    for k in llm:
+        assert torch.equal(started[k], merged[k]), k
