@@ -129,12 +129,19 @@ def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> 
         raise ValueError("data.feature_cache needs the model to compute features")
     from ..data.feature_cache import build_feature_cache
 
-    if torch.cuda.is_available() and not is_zero3_partitioned(model.vision_tower):
-        model.vision_tower.to(f"cuda:{local_rank()}")  # the ViT pass is the expensive part: this rank's GPU
+    vision_on_this_gpu(model)
     # Under ZeRO-3 the ViT is partitioned and the engine (whose hooks gather it) does not exist
     # yet: gather the ViT alone -- every rank runs its share of the images.
     with autocast(cfg), gathered(model.vision_tower.parameters()):
         return build_feature_cache(model, processor, samples, cfg.data.feature_cache, rank(), world_size())
+
+
+def vision_on_this_gpu(model: Any) -> None:
+    """The ViT on this rank's GPU for the work before the Trainer (feature cache, calibration):
+    a ViT-L pass over hundreds of images on the CPU of every rank took minutes. The Trainer (or
+    FSDP2) places the rest later; ZeRO-3 partitions stay where DeepSpeed keeps them."""
+    if torch.cuda.is_available() and not is_zero3_partitioned(model.vision_tower):
+        model.vision_tower.to(f"cuda:{local_rank()}")
 
 
 def use_bf16(cfg: DictConfig) -> bool:
@@ -234,6 +241,7 @@ def run(cfg: DictConfig) -> RunResult:
     builder = make_builder(cfg, processor)
     chats = before_training(cfg, model, processor, builder)
     train_set = make_dataset(cfg, processor, model=model)
+    vision_on_this_gpu(model)
     with gathered([*model.vision_tower.parameters(), model.get_input_embeddings().weight]), \
             gathered(model.compressor.parameters(), modify=True):
         calibrate_compressor(model, train_set)  # once (input_norm=fixed / output_scale): stage 1, not init_from
