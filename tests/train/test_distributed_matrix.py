@@ -94,6 +94,18 @@ def test_demo_model_trains_in_bf16_under_every_dist(dist, demo_data, tmp_path):
         assert report["chat"] and report["chat"][0]["before"] is not None
         assert json.loads((out / "eval" / "results.json").read_text())
         assert Path(f"{out}-replay.json").is_file()
+        # the sharded run's output reloads in one process (what export and eval do) with the
+        # trained tensors rank 0 gathered
+        import torch
+        from safetensors.torch import load_file
+
+        from llava_compare.loading import load
+
+        model = load(out, merge=False)[0]
+        params = dict(model.named_parameters())
+        trained = load_file(str(out / "trainable.safetensors"))
+        assert any("lora_" in k for k in trained) and any("compressor." in k for k in trained)
+        assert all(torch.equal(params[k].float(), v.float()) for k, v in trained.items())
 
 
 # --- the tiny model, every stage ----------------------------------------------------------------
