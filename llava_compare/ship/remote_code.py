@@ -28,7 +28,8 @@ BUNDLES: dict[str, list[str]] = {
     "configuration_llava_compare.py": ["llava_compare.model.compressors", "llava_compare.model.vision",
                                        "llava_compare.model.config"],
     "modeling_llava_compare.py": ["llava_compare.model.compressors", "llava_compare.model.vision",
-                                  "llava_compare.model.config", "llava_compare.model.modeling"],
+                                  "llava_compare.model.config", "llava_compare.model.sharding",
+                                  "llava_compare.model.modeling"],
     "processing_llava_compare.py": ["llava_compare.data.sample", "llava_compare.data.checks",
                                     "llava_compare.data.padding", "llava_compare.data.processor"],
 }

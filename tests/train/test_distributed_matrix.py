@@ -43,8 +43,8 @@ def check_mode(out: Path, dist: str, bf16: bool, pretrained: bool = False) -> di
     for kind in ("all", "trained"):
         local, total = report["local_numel"][kind], report["numel"][kind]
         if dist in SHARDED:  # each rank about half: ZeRO-3 pads its partitions, FSDP2 splits
-            # every tensor's rows unevenly (ceil), so allow 1 % either way
-            assert all(abs(n - total / 2) <= 0.01 * total for n in local), (kind, local, total)
+            # every tensor's rows unevenly (ceil: 2 % on the demo model, up to 4 % on the tiny one)
+            assert all(abs(n - total / 2) <= 0.05 * total for n in local), (kind, local, total)
             assert sum(local) >= total
         else:
             assert local == [total, total], (kind, local, total)
