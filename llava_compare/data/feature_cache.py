@@ -15,8 +15,8 @@ and rank 0 writes ``complete.json`` naming the world size and exactly the index 
 of this build, from what every rank reports it wrote. The reader opens only the files the marker
 names, so files left by a crashed run or another world size are never read (rank 0 removes them).
 
-Disk cost: P x D_vis values per image, stored in bf16 when the features come from a bf16 run
-(a bf16 autocast or a bf16 ViT), else fp32. ViT-L/14-336: 576 x 1024 values = 1.18 MB per image
+Disk cost: P x D_vis values per image, stored in the dtype the ViT returns them in: bf16 for a
+bf16 ViT (the real recipes, ``model.dtype=bfloat16``), else fp32. ViT-L/14-336: 576 x 1024 values = 1.18 MB per image
 in bf16 (~660 GB for LCS-558K), 2.36 MB in fp32 (~1.3 TB).
 No peer framework ships this; written by hand.
 """
@@ -67,13 +67,14 @@ def autocast_precision() -> str | None:
 
 
 def storage_dtype(model: Any) -> torch.dtype:
-    """bf16 for features computed in a bf16 run (a bf16 autocast or a bf16 ViT), else fp32: the
-    ViT's matmuls, and the compressor's after it, round to bf16 in such a run anyway, and bf16
-    halves the disk."""
-    autocast_bf16 = any(torch.is_autocast_enabled(d) and torch.get_autocast_dtype(d) == torch.bfloat16
-                        for d in ("cpu", "cuda"))
-    tower_bf16 = any(p.dtype == torch.bfloat16 for p in model.vision_tower.parameters())
-    return torch.bfloat16 if autocast_bf16 or tower_bf16 else torch.float32
+    """The dtype the ViT hands its features over in: bf16 (fp16) for a half-precision tower, as
+    the real recipes load it (half the disk), else fp32. Not bf16 for an fp32 tower under a bf16
+    autocast: its features are the fp32 residual stream, which the uncached run standardises
+    (``input_norm=fixed``) before any rounding; rounding them on disk first would change what the
+    compressor sees (DINOv2's outlier channels sit far from their mean)."""
+    dtypes = {p.dtype for p in model.vision_tower.parameters()}
+    half = dtypes & {torch.bfloat16, torch.float16}
+    return sorted(half, key=str)[0] if half else torch.float32
 
 
 def fingerprint(model: Any, processor: Any) -> str:

@@ -126,36 +126,40 @@ def shard_tensors(folder):
     return {k: t for shard in folder.glob("rank*-*.safetensors") for k, t in load_file(shard).items()}
 
 
-def test_a_bf16_run_stores_bf16_features_at_half_the_size(synth_dir, tmp_path, tiny):
-    """A bf16 run's features go to disk in bf16 (the docs' 1.2 MB per ViT-L/336 image), an fp32
-    run's in fp32; the bf16 values are the bf16 run's features rounded to bf16."""
+def test_a_bf16_tower_stores_bf16_features_at_half_the_size(synth_dir, tmp_path, tiny):
+    """A bf16 ViT's features go to disk in bf16 (the docs' 1.18 MB per ViT-L/336 image) and equal
+    what it computes; an fp32 ViT's stay fp32, under a bf16 autocast too: they are the fp32
+    residual stream the uncached run standardises before any rounding."""
     import torch
 
     from llava_compare.data.checks import load_image
-    from llava_compare.data.feature_cache import _readable_images, build_feature_cache, storage_dtype
+    from llava_compare.data.feature_cache import _readable_images, build_feature_cache
 
     model, processor = tiny
     samples = captions(synth_dir)
+    images = _readable_images(samples)
+    keys = sorted(images)  # the order and batch the cache computed them in
+    pixels = processor.preprocess_images([load_image(images[k], "test") for k in keys])
     fp32 = build_feature_cache(model, processor, samples, tmp_path, batch_size=64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = build_feature_cache(model, processor, samples, tmp_path, batch_size=64)
-        images = _readable_images(samples)
-        keys = sorted(images)  # the order and batch the cache computed them in
-        pixels = processor.preprocess_images([load_image(images[k], "test") for k in keys])
-        expected = model.get_vision_features(pixels).to(torch.bfloat16)
-    assert bf16.folder != fp32.folder
+        autocast = build_feature_cache(model, processor, samples, tmp_path, batch_size=64)
+        expected_autocast = model.get_vision_features(pixels)
+    half, _ = build_model(tiny_model_cfg())
+    half.vision_tower.to(torch.bfloat16)
+    bf16 = build_feature_cache(half, processor, samples, tmp_path, batch_size=64)
+    expected = half.get_vision_features(pixels)
+    assert len({fp32.folder, autocast.folder, bf16.folder}) == 3
     stored = shard_tensors(bf16.folder)
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}
-    assert {t.dtype for t in shard_tensors(fp32.folder).values()} == {torch.float32}
     assert torch.equal(torch.stack([stored[k] for k in keys]), expected)
     assert torch.equal(torch.stack([bf16[k] for k in keys]), expected)  # as the dataset reads it
+    assert {t.dtype for t in shard_tensors(autocast.folder).values()} == {torch.float32}
+    assert torch.equal(torch.stack([autocast[k] for k in keys]), expected_autocast)
+    assert {t.dtype for t in shard_tensors(fp32.folder).values()} == {torch.float32}
 
     def size(folder):
         return sum(p.stat().st_size for p in folder.glob("rank*-*.safetensors"))
     assert 0.45 < size(bf16.folder) / size(fp32.folder) < 0.56
-    tower_bf16, _ = build_model(tiny_model_cfg())
-    tower_bf16.vision_tower.to(torch.bfloat16)
-    assert storage_dtype(tower_bf16) == torch.bfloat16 and storage_dtype(model) == torch.float32
 
 
 def test_files_of_an_earlier_build_are_never_read(synth_dir, tmp_path, tiny):
