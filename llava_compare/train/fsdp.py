@@ -47,9 +47,8 @@ def shard(model: nn.Module, dist_cfg: Mapping[str, Any], bf16: bool) -> nn.Modul
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     cuda = torch.cuda.is_available()
-    if cuda:  # fully_shard keeps each shard where the parameter is: put it on this rank's GPU first
-        torch.cuda.set_device(local_rank())
-        model.to(f"cuda:{local_rank()}")
+    if cuda:  # fully_shard moves each unit's weights to the mesh's device as it shards that unit,
+        torch.cuda.set_device(local_rank())  # so no GPU ever holds the whole model
     mesh = init_device_mesh("cuda" if cuda else "cpu", (world_size(),))
     # bf16 compute on gathered weights, fp32 gradient reduction; the sharded masters keep their dtype
     # (trainables are fp32: stages.keep_trainable_fp32).

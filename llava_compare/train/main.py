@@ -292,6 +292,8 @@ def before_training(cfg: DictConfig, model: Any, processor: Any, builder: Any) -
         return []
 
     def generate() -> list[str]:
+        if torch.cuda.is_available() and not is_zero3_partitioned(model):
+            model.to(f"cuda:{local_rank()}")  # the generating rank's GPU, not its CPU
         with autocast(cfg):
             replay_from_config(cfg, model, processor, builder)
             return chat_before(cfg, model, processor, builder) if cfg.eval.enabled else []
