@@ -292,8 +292,9 @@ def before_training(cfg: DictConfig, model: Any, processor: Any, builder: Any) -
         return []
 
     def generate() -> list[str]:
-        if torch.cuda.is_available() and not is_zero3_partitioned(model):
-            model.to(f"cuda:{local_rank()}")  # the generating rank's GPU, not its CPU
+        four_bit = any(getattr(m, "is_loaded_in_4bit", False) for m in (model, model.language_model))
+        if torch.cuda.is_available() and not is_zero3_partitioned(model) and not four_bit:
+            model.to(f"cuda:{local_rank()}")  # the generating rank's GPU, not its CPU (4-bit is there already)
         with autocast(cfg):
             replay_from_config(cfg, model, processor, builder)
             return chat_before(cfg, model, processor, builder) if cfg.eval.enabled else []
