@@ -19,6 +19,10 @@ H100/H200-class GPU, with no downloads (every model is random, built from config
    one 80 GB GPU. ``make bench``'s arm (d), the stage-1 feature cache, measures disk and CPU
    work and is left to ``make bench``.
 
+3. ``dist`` (``benchmarks/dist_check.py``): the tiny stage 2 under ``dist=zero3`` and ``dist=fsdp``
+   on every GPU of the machine (NCCL, bf16, the attention ``auto`` picks): the engine that
+   wrapped the model, each rank's share of the parameters, the dtypes that computed.
+
 Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` (the table BENCHMARKS.md shows, with the
 date and the GPU). Numbers come from running it; none are assumed here.
 """
@@ -236,6 +240,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "packing": check_packing(scale, spec.data_dir, samples, dev),
         "arms": {arm: train_arm(scale, arm, spec.data_dir, samples, steps, batch_size, dev, peak) for arm in "abc"},
     }
+    from benchmarks import dist_check  # zero3 / fsdp on this machine's GPUs: engine, shards, dtypes
+
+    report["dist"] = dist_check.main([*(["--dry-run"] if args.dry_run else []), "--out", str(out / "dist")])
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     (out / "gpu_check.md").write_text(table(report) + "\n")
     print(table(report))

@@ -27,4 +27,7 @@ def test_dry_run_composes_every_arm_and_runs_one_step(tmp_path):
     for r in report["arms"].values():
         assert r["real_tokens_per_s"] > 0 and r["mfu_4n"] > 0 and r["trainable_params"] > 0
     assert json.loads((tmp_path / "gpu_check.json").read_text())["scale"] == "dry"
+    fsdp = report["dist"]["fsdp"]  # the distributed part: 2 gloo ranks on CPU
+    assert fsdp["ok"] and fsdp["engine"] == "FSDP2", fsdp.get("error")
+    assert all(n < fsdp["numel"]["all"] for n in fsdp["local_numel"]["all"])
     assert "| (c) resampler, packed |" in (tmp_path / "gpu_check.md").read_text()
