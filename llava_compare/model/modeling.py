@@ -81,12 +81,11 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         # Built from config directly (as tower_from_config): the same init under every dist=.
         self.language_model = (language_model if language_model is not None
                                else MODEL_FOR_CAUSAL_LM_MAPPING[type(config.text_config)](config.text_config))
-        # Under ZeRO-3, from_config builds a sub-model into zero.Init partitions and initialises it
-        # with transformers' initialize_weights_zero3, which runs the init (and flags each module
-        # _is_hf_initialized) on rank 0 only, then writes rank 0's values to every partition. The
-        # post_init() below would then re-initialise the other ranks' empty partitions (rank 1
-        # died on an Embedding's padding row: "IndexError: index 0 is out of bounds for dimension
-        # 0 with size 0"). Their values are final on every rank: flag them there too, as on rank 0.
+        # A sub-model that arrives in ZeRO-3 partitions (from_pretrained under zero.Init) holds its
+        # final values; transformers' ZeRO-3 init flags its modules _is_hf_initialized on rank 0
+        # only, so post_init() below would re-initialise the other ranks' empty partitions (rank 1
+        # died on an Embedding's padding row: "index 0 is out of bounds for dimension 0 with size
+        # 0"). Flag them on every rank, as on rank 0.
         for part in (self.vision_tower, self.language_model):
             if is_zero3_partitioned(part):
                 for module in part.modules():

@@ -196,7 +196,7 @@ def dist_kwargs(cfg: DictConfig) -> dict[str, Any]:
         if stage == 3 and cfg.model.llm.get("load_in_4bit"):
             raise ValueError("QLoRA (4-bit LLM) does not work with DeepSpeed ZeRO-3: bitsandbytes' "
                              "4-bit weights cannot be partitioned. Use dist=zero2 or dist=ddp (the "
-                             "4-bit LLM already fits: ~4 GB for 7B), or dist=fsdp.")
+                             "4-bit LLM already fits: ~4 GB for 7B).")
         return {"deepspeed": str(path)}
     if d.fsdp2:
         refuse_unsupported(OmegaConf.to_container(d), OmegaConf.to_container(cfg.model))

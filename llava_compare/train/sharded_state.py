@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..model.sharding import full_value, gathered, is_zero3_param
+from .distributed import rank
 
 CHUNK_ELEMENTS = 50_000_000  # ~200 MB of fp32 gathered at once under ZeRO-3
 
@@ -32,18 +33,12 @@ def _chunks(params: list[tuple[str, nn.Parameter]]) -> Iterator[list[tuple[str, 
         yield chunk
 
 
-def _is_main() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def gather_trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{name: full tensor on the CPU}`` for every parameter with ``requires_grad``, on rank 0;
     ``{}`` on the other ranks, which join the gathers but keep no copy (at 7B full fine-tuning a
     copy per rank is a whole model per rank per checkpoint)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    keep = _is_main()
+    keep = rank() == 0
     out: dict[str, torch.Tensor] = {}
     if not any(is_zero3_param(p) for _, p in params):
         for n, p in params:

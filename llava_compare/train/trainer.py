@@ -171,9 +171,6 @@ class CompareTrainer(Trainer):
         """Full (unsharded) values of the trained parameters, on rank 0 ({} elsewhere). Under
         ZeRO-3 / FSDP each rank holds a shard of each, so they are gathered -- only they, never
         the frozen model -- in collectives every rank must enter."""
-        if state_dict is None and self.is_fsdp_enabled and getattr(
-                self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1:
-            state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # FSDP1: flat shards
         if state_dict is not None:
             names = {n for n, p in self.model.named_parameters() if p.requires_grad}
             return {n: t.detach().cpu().contiguous() for n, t in state_dict.items() if n in names}
@@ -182,7 +179,7 @@ class CompareTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # The Trainer's save under ZeRO-3 / FSDP gathers the whole model first; ``_save`` keeps
         # only the trained tensors anyway, so gather just those.
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or self.is_fsdp2_ours:
+        if self.is_deepspeed_enabled or self.is_fsdp2_ours:  # accelerate's FSDP is never used (train/fsdp.py)
             self._save(output_dir, state_dict=self.trainable_state())
         else:
             super().save_model(output_dir, _internal_call)
