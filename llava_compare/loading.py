@@ -34,7 +34,8 @@ from torch import nn
 from .data.conversation import ConversationBuilder
 from .data.pipeline import data_builder
 from .data.processor import LlavaCompareProcessor
-from .model.build import DTYPES, build_model, quantization_config, quantized_device_map, resolve_attn_implementation
+from .model.attention import resolve_attn_implementation
+from .model.build import DTYPES, build_model, quantization_config, quantized_device_map
 from .model.lora import add_lora
 from .model.modeling import LlavaCompareForConditionalGeneration
 from .model.sharding import gathered, has_dtensor, is_zero3_partitioned

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import IMAGE_PLACEHOLDER
+from .attention import resolve_attn_implementation
 from .compressors import patch_grid, tokens_per_image
 from .config import LlavaCompareConfig
 from .modeling import LlavaCompareForConditionalGeneration
@@ -26,21 +27,6 @@ from .vision import image_processor, load_tower, load_vision_config, tiny_vision
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_attn_implementation(requested: str = "auto") -> str:
-    """FlashAttention-2 on CUDA when importable, else PyTorch sdpa. Logged, so users know."""
-    if requested != "auto":
-        choice = requested
-    else:
-        try:
-            import flash_attn  # noqa: F401
-
-            choice = "flash_attention_2" if torch.cuda.is_available() else "sdpa"
-        except ImportError:
-            choice = "sdpa"
-    log.info("attention implementation: %s", choice)
-    return choice
 
 
 # Kept in full precision under QLoRA: the ViT, the compressor we train, and the output head.
