@@ -3,9 +3,9 @@
 Skipped samples (``SkippedSample`` markers, or ``None``) are dropped here, so one bad sample
 never kills a step. With ``report_skips`` (training), the batch also carries
 ``batch[SKIP_STATS_KEY] = {"seen": n, "skipped": [SkippedSample, ...]}``: the collator may run in a
-DataLoader worker, so this is how the training process learns about skips (the trainer pops it).
-Every batch carries ``batch[BATCH_STATS_KEY]`` (samples, real tokens, computed tokens) for the
-trainer's per-step log; it is not a model input either.
+DataLoader worker, so this is how the training process learns about skips (the trainer pops it),
+and ``batch[BATCH_STATS_KEY]`` (samples, real tokens, computed tokens) for the trainer's per-step
+log; neither is a model input.
 
 Padded (default): ``[B, S]`` right-padded to the longest sample, with its attention mask.
 
@@ -65,9 +65,9 @@ class CompareCollator:
             batch = self._packed(self._rows(kept, [[it for it in row if isinstance(it, dict)] for row in planned]))
         else:
             batch = self._padded(kept)
-        batch[BATCH_STATS_KEY] = {"samples": len(kept), "tokens": sum(len(it["input_ids"]) for it in kept),
-                                  "computed": batch["input_ids"].numel()}
         if self.report_skips:
+            batch[BATCH_STATS_KEY] = {"samples": len(kept), "tokens": sum(len(it["input_ids"]) for it in kept),
+                                      "computed": batch["input_ids"].numel()}
             batch[SKIP_STATS_KEY] = {"seen": len(drawn),
                                      "skipped": [it for it in drawn if isinstance(it, SkippedSample)]}
         return batch

@@ -22,7 +22,6 @@ from transformers import TrainingArguments, set_seed
 
 from ..data.pipeline import make_builder
 from ..loading import load, stage_meta, unwrap
-from ..data.collator import CompareCollator
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec, read_sources
 from ..data.problems import ProblemLog
@@ -36,6 +35,7 @@ from .outputs import base_is_local, save_base, save_trained
 from .quiet import ignore_dependency_step_warnings
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
+from .batching import Batching, batching, collator, training_set
 from .calibration import calibrate_compressor
 from .distributed import barrier, local_rank, on_rank0, rank, world_size
 from .fsdp import fsdp_enabled, refuse_unsupported, shard
@@ -158,7 +158,8 @@ def autocast(cfg: DictConfig) -> Any:
     return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(cfg))
 
 
-def training_args(cfg: DictConfig) -> TrainingArguments:
+def training_args(cfg: DictConfig, plan: Batching | None = None) -> TrainingArguments:
+    plan = plan or batching(cfg)
     o = cfg.optim
     per_step = o.per_device_batch_size * world_size()
     if o.global_batch_size % per_step:
@@ -167,7 +168,8 @@ def training_args(cfg: DictConfig) -> TrainingArguments:
     bf16 = use_bf16(cfg)
     return TrainingArguments(
         output_dir=cfg.output_dir, run_name=cfg.run_name, seed=cfg.seed, data_seed=cfg.seed,
-        per_device_train_batch_size=o.per_device_batch_size,
+        # a planned bin is a whole micro-batch: the Trainer draws one per step of each rank
+        per_device_train_batch_size=1 if plan.binned else o.per_device_batch_size,
         gradient_accumulation_steps=o.global_batch_size // per_step,
         learning_rate=o.lr, weight_decay=o.weight_decay, lr_scheduler_type=o.scheduler,
         warmup_steps=o.warmup_ratio, num_train_epochs=o.epochs, max_steps=o.max_steps,
@@ -177,7 +179,8 @@ def training_args(cfg: DictConfig) -> TrainingArguments:
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False,
         ddp_find_unused_parameters=False, **dist_kwargs(cfg),
-        train_sampling_strategy="group_by_length" if cfg.data.group_by_length and not cfg.data.packing else "random", disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
+        disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
     )
 
 
@@ -223,7 +226,8 @@ def run(cfg: DictConfig) -> RunResult:
     os.environ.setdefault("WANDB_PROJECT", cfg.logger.project)
     # Before the model: under ZeRO-3 the DeepSpeed config must exist while from_pretrained runs, so
     # the weights load straight into zero.Init partitions (no device ever holds the whole model).
-    args = training_args(cfg)
+    plan = batching(cfg)
+    args = training_args(cfg, plan)
     _ = args.device  # sets up the process group now
     if args.deepspeed:  # zero.Init reads the world size from DeepSpeed's own comm layer
         import deepspeed
@@ -255,11 +259,11 @@ def run(cfg: DictConfig) -> RunResult:
     if args.deepspeed and args.bf16:
         to_engine_dtype(model)
     skips = SkipMonitor(cfg.data.log_skips_every, cfg.data.max_skip_rate, cfg.data.skip_rate_min_samples)
+    log.info("batches: %s", plan.describe())
     trainer = CompareTrainer(
-        model=model, args=args, train_dataset=train_set,
-        data_collator=FillSkippedBatches(
-            CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing, report_skips=True),
-            filler=first_usable_sample(train_set)),
+        model=model, args=args, train_dataset=training_set(plan, train_set, cfg.seed),
+        data_collator=FillSkippedBatches(collator(plan, processor.tokenizer.pad_token_id),
+                                         filler=first_usable_sample(train_set)),
         processing_class=processor,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
     )

@@ -102,8 +102,12 @@ class DataConfig:
     max_skip_rate: float = 0.05  # the run fails when a larger share of samples is skipped
     skip_rate_min_samples: int = 200  # samples drawn before max_skip_rate applies during training
     log_skips_every: int = 50  # steps between skip-count log lines (and the cross-rank skip-rate check)
-    packing: bool = False  # each micro-batch as one flattened row (no padding); samples never attend to each other
-    group_by_length: bool = False  # without packing: batches of similar length (less padding)
+    # true | false | auto (packed under varlen attention kernels, grouped by length otherwise):
+    # packed samples never attend to each other (train/batching.py, data/collator.py)
+    packing: Any = False
+    group_by_length: bool = False  # padded batches: samples of similar length together (less padding)
+    token_budget: Optional[int] = None  # packed: plan micro-batches of <= this many tokens at the sampler
+    pack_window: int = 1000  # samples per shuffled window the bin planner packs best-fit decreasing
     feature_cache: Optional[str] = None  # stage 1 (frozen ViT): folder for cached ViT features
     num_workers: int = 0
 

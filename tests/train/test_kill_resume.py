@@ -82,14 +82,20 @@ def assert_same_weights(straight: Path, resumed: Path, what: str, atol: float = 
         assert diff <= atol, f"{what}: {name} differs from the uninterrupted run by {diff:.2e}"
 
 
-@pytest.mark.parametrize("launcher", ["single", "torchrun"])
-def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, synth_dir, tmp_path):
-    ref = train(launcher, synth_dir, tmp_path / "straight")
+# Micro-batches planned at the sampler (data/bins.py): a step is 2 bins of <= 512 tokens, not 4 samples.
+BINS = ("data.packing=true", "data.token_budget=512", "data.max_length=512", "optim.per_device_batch_size=1",
+        "optim.global_batch_size=2")
+
+
+@pytest.mark.parametrize("launcher, extra", [("single", ()), ("torchrun", ()), ("single", BINS)],
+                         ids=["single", "torchrun", "single-bins"])
+def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, extra, synth_dir, tmp_path):
+    ref = train(launcher, synth_dir, tmp_path / "straight", extra=extra)
     assert ref.returncode == 0, ref.stderr[-3000:]
     out = tmp_path / "killed"
 
     # 1. killed inside checkpoint 4's write: only a torn staging copy of it exists
-    proc = train(launcher, synth_dir, out, kill="save:4")
+    proc = train(launcher, synth_dir, out, kill="save:4", extra=extra)
     assert sigkilled(proc, launcher), proc.stderr[-3000:]
     assert complete(out) == ["checkpoint-2"] and not (out / "checkpoint-4").exists()
     assert (out / STAGING / "checkpoint-4" / "trainable.safetensors").is_file()
@@ -97,19 +103,21 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, synth_dir,
 
     # 2. resumes from checkpoint-2 past the torn save, then is killed during step 5 (rank 1 only
     #    under torchrun: a lost worker; torchrun takes the other one down)
-    proc = train(launcher, synth_dir, out, kill="step:5" if launcher == "single" else "step:5:1")
+    proc = train(launcher, synth_dir, out, kill="step:5" if launcher == "single" else "step:5:1", extra=extra)
     assert sigkilled(proc, launcher), proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and "checkpoint-2" in proc.stderr
     assert complete(out) == ["checkpoint-2", "checkpoint-4"] and not (out / STAGING).exists()
     assert not (out / "trainable.safetensors").exists()
 
     # 3. resumes from checkpoint-4 and finishes
-    proc = train(launcher, synth_dir, out)
+    proc = train(launcher, synth_dir, out, extra=extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and "checkpoint-4" in proc.stderr
 
     assert_same_weights(tmp_path / "straight", out, launcher)
-    assert samples_seen(out) == samples_seen(tmp_path / "straight") == STEPS * GLOBAL_BATCH
+    assert samples_seen(out) == samples_seen(tmp_path / "straight")
+    # 4 samples a step, or (bins) 2 planned micro-batches of several samples each
+    assert samples_seen(out) == STEPS * GLOBAL_BATCH if not extra else samples_seen(out) > STEPS * 2
     assert complete(out) == ["checkpoint-4", "checkpoint-6"]  # save_total_limit=2 pruned checkpoint-2
     if launcher == "torchrun":
         assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (out / "checkpoint-6").iterdir()}

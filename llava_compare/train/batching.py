@@ -1,0 +1,91 @@
+"""How training micro-batches are formed: padded, grouped by length, packed, or planned bins.
+
+One decision, from ``data.packing`` / ``data.group_by_length`` / ``data.token_budget`` and the
+attention kernel that will run (``model/attention.py``):
+
+- ``packing: auto`` (the stage-2 recipes): packed where the kernel skips cross-sample blocks
+  (FlashAttention-2, flex), grouped by length elsewhere (sdpa/eager compute whole rows);
+- ``packing: true``: packed, in the layout the kernel calls for (one row, or rows no wider than
+  the longest sample); with ``token_budget`` the micro-batches are planned at the sampler
+  (``data/bins.py``): one bin of about ``token_budget`` tokens per micro-batch;
+- ``packing: false``: padded to the longest sample; ``group_by_length`` sorts samples of similar
+  length together first (LLaVA's ``group_by_modality_length`` idea).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ..data.bins import BinnedDataset, plan_bins
+from ..data.collator import CompareCollator
+from ..data.dataset import CompareDataset
+from ..model.attention import packs_in_one_row, resolve_attn_implementation, warn_packing_cost
+
+log = logging.getLogger(__name__)
+
+PACKING_CHOICES = (True, False, "auto")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """What the config and the kernel decided."""
+
+    kernel: str  # the LLM's attention implementation
+    packed: bool
+    one_row: bool  # packed into one row (varlen kernels) or into rows of the longest sample
+    group_by_length: bool
+    token_budget: int | None  # planned bins of about this many tokens (packed only)
+    window: int  # samples per best-fit window of the bin planner
+
+    @property
+    def binned(self) -> bool:
+        return self.token_budget is not None
+
+    def describe(self) -> str:
+        if not self.packed:
+            return f"padded{', grouped by length' if self.group_by_length else ''} ({self.kernel})"
+        rows = "one row" if self.one_row else "rows no wider than the longest sample"
+        bins = f", bins of <= {self.token_budget} tokens planned at the sampler" if self.binned else ""
+        return f"packed into {rows}{bins} ({self.kernel})"
+
+
+def batching(cfg: DictConfig) -> Batching:
+    """The batching of a composed training config, checked."""
+    data = cfg.data
+    if data.packing not in PACKING_CHOICES:
+        raise ValueError(f"data.packing must be true, false or auto, got {data.packing!r}")
+    kernel = resolve_attn_implementation(cfg.model.get("attn_implementation", "auto"))
+    one_row = packs_in_one_row(kernel)
+    packed = one_row if data.packing == "auto" else bool(data.packing)
+    if data.token_budget is not None and not packed:
+        raise ValueError(f"data.token_budget plans packed micro-batches, but packing is off here "
+                         f"(data.packing={data.packing}, attention {kernel}): set data.packing=true "
+                         "or data.token_budget=null")
+    if data.token_budget is not None and data.token_budget < data.max_length:
+        raise ValueError(f"data.token_budget {data.token_budget} < data.max_length {data.max_length}: "
+                         "a sample of max_length would not fit a micro-batch; raise the budget")
+    grouped = not packed and (data.group_by_length or data.packing == "auto")
+    return Batching(kernel, packed, one_row, grouped, data.token_budget if packed else None, data.pack_window)
+
+
+def training_set(plan: Batching, dataset: CompareDataset, seed: int) -> Any:
+    """What the Trainer iterates: the samples, or (token budget) the planned bins."""
+    if plan.packed:
+        warn_packing_cost(plan.kernel)
+    if not plan.binned:
+        return dataset
+    lengths = dataset.estimated_lengths()
+    row_tokens = None if plan.one_row else min(max(lengths), dataset.max_length)
+    bins = plan_bins(lengths, plan.token_budget, row_tokens, seed, plan.window)
+    log.info("%d samples in %d micro-batches of <= %d tokens (estimated; %.1f samples each)",
+             len(lengths), len(bins), plan.token_budget, len(lengths) / max(len(bins), 1))
+    return BinnedDataset(dataset, bins)
+
+
+def collator(plan: Batching, pad_token_id: int) -> CompareCollator:
+    """The training collator of ``plan`` (reports skips and batch sizes to the trainer)."""
+    return CompareCollator(pad_token_id, packing=plan.packed, one_row=plan.one_row, report_skips=True)
