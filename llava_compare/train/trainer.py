@@ -55,9 +55,10 @@ class CompareTrainer(Trainer):
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), skip_monitor]
         self._staging = False  # True while _save_checkpoint writes into the staging folder
         self._samples_seen = 0  # this rank's count (rank 0's includes the resumed checkpoint's total)
-        # this rank's samples / real tokens / computed tokens since the last training log line
+        # this rank's samples / real tokens / computed tokens since the last training log line,
+        # and the optimizer steps they belong to
         self._batch_stats = torch.zeros(3, dtype=torch.long)
-        self._stats_from_step = 0
+        self._stats_steps: set[int] = set()
         super().__init__(*args, **kwargs)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
@@ -96,10 +97,11 @@ class CompareTrainer(Trainer):
                       ) -> torch.Tensor:
         sample_ids = inputs.pop("sample_ids", [])  # for error messages only: not a model input
         stats = inputs.pop(BATCH_STATS_KEY, None)  # for the log only: not a model input
+        step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
         if stats is not None:
             self._batch_stats += torch.tensor([stats["samples"], stats["tokens"], stats["computed"]])
+            self._stats_steps.add(step)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
         maybe_kill("step", step)  # test-only hook, inert unless its env variable is set
         check_finite(loss, step, sample_ids, self.args.output_dir)
         self._samples_seen += len(sample_ids)
@@ -110,16 +112,16 @@ class CompareTrainer(Trainer):
         ``samples_per_step``, ``tokens_per_step`` (real tokens) and ``useful_token_fraction``
         (real / computed, padding and pad tails included). Every rank calls this for a training
         line (the Trainer gathers the loss first), so the sum is a collective they all enter."""
-        if "loss" in logs and self.state.global_step > self._stats_from_step:
+        if "loss" in logs and "train_runtime" not in logs:
             counts = self._batch_stats.to(self.args.device)
             if self.args.world_size > 1:
                 counts = self.accelerator.reduce(counts, reduction="sum")
-            steps = self.state.global_step - self._stats_from_step
+            steps = max(len(self._stats_steps), 1)  # the same on every rank: they step together
             samples, tokens, computed = (int(c) for c in counts.tolist())
             logs = {**logs, "samples_per_step": samples / steps, "tokens_per_step": tokens / steps,
                     "useful_token_fraction": tokens / max(computed, 1)}
             self._batch_stats.zero_()
-            self._stats_from_step = self.state.global_step
+            self._stats_steps.clear()
         super().log(logs, start_time)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:

@@ -36,7 +36,7 @@ def single_process(synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
     cfg = stage_cfg("tiny_demo_stage2", synth_dir, out, STEPS, *COMMON, "optim.per_device_batch_size=4")
     run(cfg)
-    return losses(out), load_file(str(out / "trainable.safetensors"))
+    return losses(out), load_file(str(out / "trainable.safetensors")), step_sizes(out)
 
 
 def losses(out) -> list[float]:
@@ -44,13 +44,21 @@ def losses(out) -> list[float]:
     return [h["loss"] for h in history if "loss" in h]
 
 
+def step_sizes(out) -> list[tuple[float, float]]:
+    """(samples, real tokens) of each logged optimizer step, summed over ranks."""
+    history = json.loads((out / "train_metrics.json").read_text())["log_history"]
+    return [(h["samples_per_step"], h["tokens_per_step"]) for h in history if "samples_per_step" in h]
+
+
 @pytest.mark.parametrize("dist", ["ddp", "zero2", "zero3", "fsdp"])
 def test_two_process_training_matches_single_process(dist, synth_dir, tmp_path, single_process):
     proc = torchrun(overrides(synth_dir, tmp_path / dist, f"dist={dist}"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # same global batch, same seed: the same loss at every step
-    ref_losses, ref = single_process
+    ref_losses, ref, ref_sizes = single_process
     assert losses(tmp_path / dist) == pytest.approx(ref_losses, rel=1e-4, abs=1e-4)
+    # what each step trained on is logged for the whole step, not for one rank's half of it
+    assert step_sizes(tmp_path / dist) == ref_sizes and {s for s, _ in ref_sizes} == {4}
     ours = load_file(str(tmp_path / dist / "trainable.safetensors"))
     assert ours.keys() == ref.keys()
     for name in ref:  # Adam turns reduction-order noise on ~0 gradients (key biases) into
