@@ -9,17 +9,18 @@ batch ``[B, S]``; the k-th image fills the k-th run of placeholder tokens in rea
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compressors import get_compressor
 from .config import LlavaCompareConfig
-from .sharding import is_zero3_partitioned
+from .sharding import is_zero3_param, is_zero3_partitioned
 from .vision import patch_features, tower_from_config
 
 
@@ -66,6 +67,10 @@ class LlavaComparePreTrainedModel(PreTrainedModel):
 
 class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, GenerationMixin):
     """ViT + compressor + LLM with a KV-cached ``generate()`` over interleaved multi-image prompts."""
+
+    #: fp32 logits per chunk of the labelled-position loss (2**26: 256 MiB, ~2k positions at a
+    #: 32k vocabulary, ~500 at 128k); 0 or None computes the loss in one shot. Set per instance.
+    loss_chunk_elements: int | None = 1 << 26
 
     def __init__(self, config: LlavaCompareConfig, vision_tower: nn.Module | None = None,
                  language_model: nn.Module | None = None):
@@ -189,13 +194,17 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         vision_features: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         sample_ids: Any = None,  # the collator's ids, for error messages: not a model input
+        return_logits: bool | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Standard causal-LM forward with images.
 
         With ``labels``, the LM head runs only where a label exists (assistant tokens): logits at
         image and prompt positions are never needed, and at a 32k vocabulary they are a large share
-        of the step. ``logits`` then holds ``[N_labelled, V]``; without labels, ``[B, S, V]``.
+        of the step. The loss is computed in chunks of positions (``loss_chunk_elements``), so the
+        fp32 logits of all labelled positions never exist at once. ``logits`` then holds
+        ``[N_labelled, V]`` when ``return_logits`` (default: in eval mode, where option scoring
+        reads them), else None; without labels, ``[B, S, V]``.
 
         Packed input (the collator's flattened row ``[1, T]``): ``position_ids`` restart at 0 per
         sample and no ``attention_mask``; transformers then isolates the samples itself (sdpa, eager
@@ -225,21 +234,80 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         if labels is None:
             keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
             return CausalLMOutputWithPast(logits=lm_head(hidden[:, keep]), cache=out.cache)
-        loss, logits = self._labelled_loss(hidden, labels, lm_head, num_items_in_batch)
+        if return_logits is None:
+            return_logits = not self.training  # eval callers (option scoring) read them
+        loss, logits = self._labelled_loss(hidden, labels, lm_head, num_items_in_batch, return_logits)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
 
-    @staticmethod
-    def _labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
-                       num_items_in_batch: int | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next-token CE over labelled positions only. Summed and divided by the number of
-        labelled tokens in the whole accumulated batch when the Trainer passes it, so gradient
-        accumulation gives the same update as one large batch."""
-        shift_labels = labels[:, 1:]  # position t predicts token t+1
-        sel = shift_labels != -100  # [B, S-1]
-        logits = lm_head(hidden[:, :-1][sel]).float()  # [N_labelled, V]
-        target = shift_labels[sel]
-        loss = F.cross_entropy(logits, target, reduction="sum")
-        denom = num_items_in_batch if num_items_in_batch is not None else sel.sum().clamp(min=1)
-        if torch.is_tensor(denom):
-            denom = denom.to(loss.device)
-        return loss / denom, logits
+    def _labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
+                       num_items_in_batch: int | torch.Tensor | None, return_logits: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:func:`labelled_loss` with this model's chunk size (``loss_chunk_elements`` fp32 logits
+        per chunk, at least one position)."""
+        vocab = lm_head.out_features if hasattr(lm_head, "out_features") else self.config.text_config.vocab_size
+        chunk_rows = max(1, self.loss_chunk_elements // vocab) if self.loss_chunk_elements else None
+        return labelled_loss(hidden, labels, lm_head, num_items_in_batch, chunk_rows, return_logits)
+
+
+def labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
+                  num_items_in_batch: int | torch.Tensor | None, chunk_rows: int | None,
+                  return_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next-token CE over labelled positions only, ``chunk_rows`` positions at a time (None: all
+    at once). Summed and divided by the number of labelled tokens in the whole accumulated batch
+    when the Trainer passes it, so gradient accumulation gives the same update as one large batch.
+
+    Returns (loss, logits ``[N_labelled, V]`` in the head's dtype, or None unless ``return_logits``).
+    """
+    shift_labels = labels[:, 1:]  # position t predicts token t+1
+    sel = shift_labels != -100  # [B, S-1]
+    rows, target = hidden[:, :-1][sel], shift_labels[sel]  # [N, D], [N]
+    weight = getattr(lm_head, "weight", None)
+    logits = None
+    if return_logits or (weight is not None and is_zero3_param(weight)):
+        # One head call, then only the fp32 upcast + CE in chunks: the caller wants the logits,
+        # or ZeRO-3 would all-gather the whole head weight again for every chunk's call (and
+        # again for every chunk's recomputation in backward).
+        logits = lm_head(rows)  # [N, V]
+        loss = chunked_cross_entropy(logits, target, _identity, chunk_rows)
+    else:
+        loss = chunked_cross_entropy(rows, target, lm_head, chunk_rows)
+    denom = num_items_in_batch if num_items_in_batch is not None else sel.sum().clamp(min=1)
+    if torch.is_tensor(denom):
+        denom = denom.to(loss.device)
+    return loss / denom, logits if return_logits else None
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _chunk_ce_sum(to_logits: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
+    """One chunk: ``rows`` ``[n, D]`` -> fp32 logits ``[n, V]`` -> summed CE (a scalar)."""
+    return F.cross_entropy(to_logits(rows).float(), target, reduction="sum")
+
+
+def chunked_cross_entropy(rows: torch.Tensor, target: torch.Tensor,
+                          to_logits: Callable[[torch.Tensor], torch.Tensor], chunk_rows: int | None) -> torch.Tensor:
+    """Summed CE of ``to_logits(rows)`` (``[N, D]`` -> ``[N, V]``) against ``target`` ``[N]``,
+    computed ``chunk_rows`` rows at a time (torchtune's chunked cross-entropy).
+
+    Chunking the forward alone would not lower the peak: each chunk's ``cross_entropy`` saves its
+    fp32 log-softmax ``[n, V]`` for backward, so all chunks together keep the same ``N x V`` fp32
+    as one shot until backward runs. Each chunk is therefore a non-reentrant
+    ``torch.utils.checkpoint``: the graph keeps only the chunk's input rows (a view of ``rows``)
+    and recomputes its logits in backward, one chunk at a time -- one extra LM-head matmul per
+    step for an ``N x V`` fp32 tensor never alive at once. It calls ``to_logits`` as a module, so
+    a LoRA-wrapped, 4-bit or FSDP2-sharded head works as it is (a fused kernel would need the raw
+    weight), and the checkpoint restores the RNG state, so dropout replays identically.
+    """
+    if chunk_rows is None or rows.shape[0] <= chunk_rows:
+        return _chunk_ce_sum(to_logits, rows, target)  # one chunk: nothing to gain from recomputing
+    total = None
+    # an empty selection (all labels masked) still yields one empty chunk: the loss stays in the
+    # graph (0, with zero gradients), as DDP / ZeRO expect every parameter to be reached
+    for r, t in zip(rows.split(chunk_rows), target.split(chunk_rows)):
+        part = (checkpoint(_chunk_ce_sum, to_logits, r, t, use_reentrant=False) if torch.is_grad_enabled()
+                else _chunk_ce_sum(to_logits, r, t))
+        total = part if total is None else total + part
+    return total
