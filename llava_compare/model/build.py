@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+#: Resized embeddings get a row count that is a multiple of this (as the llava-hf checkpoints:
+#: Vicuna's 32,000 + <image> -> 32,064): matmul and vocab-parallel shapes stay aligned (a
+#: 32,001-column LM head falls off tensor-core-friendly tile sizes). The extra rows are no token.
+EMBEDDING_MULTIPLE = 64
+
 
 # Kept in full precision under QLoRA: the ViT, the compressor we train, and the output head.
 NOT_QUANTIZED = ["vision_tower", "compressor", "lm_head"]
@@ -171,8 +176,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
                                                    quantization_config=quant, **placement)
     torch.manual_seed(model_cfg.get("seed", 0))  # tiny parts and the compressor: fixed init
     model = LlavaCompareForConditionalGeneration(config, vision_tower=vision, language_model=llm)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    padded = resize_embeddings(model, len(tokenizer))
     if is_zero3_partitioned(model):  # loaded into ZeRO-3 partitions in dtype; the compressor is not
         model.compressor.to(dtype)
     elif quant is None:
@@ -181,7 +185,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
         model.vision_tower.to(dtype)
         model.compressor.to(dtype)
     model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
-    _set_generation_tokens(model, tokenizer)
+    _set_generation_tokens(model, tokenizer, padded)
     if model_cfg.get("compressor_init"):  # LLaVA-1.5's released stage-1 projector as the start
         from .projector_import import import_projector
 
@@ -196,10 +200,24 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     return model, processor
 
 
+def resize_embeddings(model: LlavaCompareForConditionalGeneration, num_tokens: int) -> list[int]:
+    """Grow the word embeddings and LM head to hold ``num_tokens`` ids (the tokenizer gained
+    ``<image>`` / pad), rounded up to :data:`EMBEDDING_MULTIPLE`; new rows start at the old rows'
+    mean (transformers' ``mean_resizing``). Returns the padding ids (no token of the tokenizer);
+    [] when the embeddings already hold every id (they are then left as they are)."""
+    if num_tokens <= model.get_input_embeddings().num_embeddings:
+        return []
+    model.resize_token_embeddings(num_tokens, pad_to_multiple_of=EMBEDDING_MULTIPLE)
+    return list(range(num_tokens, model.get_input_embeddings().num_embeddings))
+
+
 def _set_generation_tokens(model: LlavaCompareForConditionalGeneration,
-                           tokenizer: PreTrainedTokenizerBase) -> None:
+                           tokenizer: PreTrainedTokenizerBase, padded: list[int]) -> None:
     """The LLM's own generation-config eos list (LLaMA-3-Instruct lists several) plus the
-    tokenizer's eos; generate() adds the chat template's end-of-turn token on top."""
+    tokenizer's eos; generate() adds the chat template's end-of-turn token on top. The padding
+    rows of resized embeddings are suppressed (``suppress_tokens``, saved in
+    generation_config.json, so exports keep it): their LM-head rows start at the mean row, whose
+    logit is a typical one, so sampling could draw an id the tokenizer cannot decode."""
     gc = model.generation_config
     llm_eos = model.language_model.generation_config.eos_token_id
     llm_eos = [] if llm_eos is None else [llm_eos] if isinstance(llm_eos, int) else list(llm_eos)
@@ -207,3 +225,5 @@ def _set_generation_tokens(model: LlavaCompareForConditionalGeneration,
     gc.eos_token_id = eos if len(eos) > 1 else (eos[0] if eos else None)
     gc.pad_token_id = tokenizer.pad_token_id
     gc.bos_token_id = tokenizer.bos_token_id
+    if padded:
+        gc.suppress_tokens = padded
