@@ -21,7 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .compressors import get_compressor
 from .config import LlavaCompareConfig
 from .sharding import is_zero3_param, is_zero3_partitioned
-from .vision import patch_features, tower_from_config
+from .vision import patch_features, tower_from_config, truncate_tower
 
 
 def _mixed_autocast(params: list[nn.Parameter], ref: torch.Tensor) -> Any:
@@ -79,6 +79,7 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         super().__init__(config)
         self.vision_tower = (vision_tower if vision_tower is not None
                              else tower_from_config(config.vision_config))
+        self._cut_vision_tower()
         self.compressor = get_compressor(
             config.compressor, config.vision_feature_dim, config.text_config.hidden_size,
             config.patch_grid,
@@ -96,6 +97,15 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
                 for module in part.modules():
                     module._is_hf_initialized = True
         self.post_init()
+
+    def _cut_vision_tower(self) -> None:
+        """Run the ViT only up to the deepest ``vision_feature_layer``: the layers above are cut
+        (after the tower is built whole, so a tiny tower keeps its seeded weights) and the config
+        says what is left -- ``num_hidden_layers`` and the feature layers as absolute indices --
+        so save / from_pretrained / the llava-hf export build the same cut tower. A checkpoint
+        saved whole loads cut too: the dropped layers' weights are then unused keys."""
+        self.config.vision_feature_layer = truncate_tower(self.vision_tower, self.config.vision_feature_layer)
+        self.config.vision_config.num_hidden_layers = self.vision_tower.config.num_hidden_layers
 
     # --- embeddings plumbing, delegated so resize_token_embeddings / peft / generate work ----------
     def get_input_embeddings(self) -> nn.Module:

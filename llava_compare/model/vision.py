@@ -131,9 +131,43 @@ def feature_dim(config: PreTrainedConfig, layer: int | Sequence[int]) -> int:
     return config.hidden_size * len(feature_layers(layer))
 
 
+def absolute_layers(layer: int | Sequence[int], num_layers: int) -> int | list[int]:
+    """``vision_feature_layer`` with negative indices made absolute (an int stays an int): the
+    tower has ``num_layers + 1`` hidden states (``hidden_states[i]`` = after i layers), so
+    ``-2`` of 24 layers is 23. Out-of-range indices are refused (``%`` would wrap them silently)."""
+    def one(x: int) -> int:
+        if not -(num_layers + 1) <= x <= num_layers:
+            raise ValueError(f"vision_feature_layer {x} is out of range for a {num_layers}-layer vision "
+                             f"tower (hidden states {-(num_layers + 1)}..{num_layers})")
+        return x % (num_layers + 1)
+
+    return one(int(layer)) if isinstance(layer, int) else [one(x) for x in feature_layers(layer)]
+
+
 def deepest_layer(layer: int | Sequence[int], num_layers: int) -> int:
     """How many encoder layers the selected hidden states need (``hidden_states[i]`` = after i layers)."""
-    return max(x % (num_layers + 1) for x in feature_layers(layer))
+    return max(feature_layers(absolute_layers(layer, num_layers)))
+
+
+def truncate_tower(tower: nn.Module, layer: int | Sequence[int]) -> int | list[int]:
+    """Drop the encoder layers above the deepest selected hidden state (in place; at least one
+    layer stays) and set ``tower.config.num_hidden_layers`` to what is left. Returns
+    ``vision_feature_layer`` in absolute indices, which select the same hidden states of the cut
+    tower: a negative index would now count from the new top (LLaVA-OneVision's SigLIP drops
+    its last layer and reads -1 the same way).
+
+    The dropped layers only ever fed hidden states nobody reads, so the features are unchanged
+    and every step saves their compute (ViT-L/14 at layer -2: 1 of 24 layers) and their memory.
+    What stays on top (CLIP's ``post_layernorm``, SigLIP's ``head``, DINOv2's ``layernorm``) now
+    reads the cut tower's last layer; it is never part of the features."""
+    container, attr = _encoder_container(tower)
+    layers = getattr(container, attr)
+    absolute = absolute_layers(layer, len(layers))
+    keep = max(1, max(feature_layers(absolute)))
+    if keep < len(layers):
+        setattr(container, attr, layers[:keep])  # nn.ModuleList slice: the same modules
+        tower.config.num_hidden_layers = keep
+    return absolute
 
 
 def patch_features(tower: nn.Module, pixel_values: torch.Tensor, layer: int | Sequence[int],
@@ -149,12 +183,19 @@ def patch_features(tower: nn.Module, pixel_values: torch.Tensor, layer: int | Se
     return torch.cat([out.hidden_states[i][:, skip:] for i in feature_layers(layer)], dim=-1)
 
 
-def encoder_layers(tower: nn.Module) -> list[nn.Module]:
-    """The tower's transformer blocks in order (CLIP/SigLIP ``encoder.layers``, DINOv2 ``encoder.layer``)."""
+def _encoder_container(tower: nn.Module) -> tuple[nn.Module, str]:
+    """The module holding the tower's block list and the list's attribute name (CLIP/SigLIP
+    ``encoder.layers``, DINOv2 ``encoder.layer``)."""
     enc = tower.get_encoder() if hasattr(tower, "get_encoder") else tower.encoder
     if enc is None or not hasattr(enc, "layers") and not hasattr(enc, "layer"):
         enc = getattr(tower, "vision_model", tower).encoder
-    return list(enc.layers if hasattr(enc, "layers") else enc.layer)
+    return enc, "layers" if hasattr(enc, "layers") else "layer"
+
+
+def encoder_layers(tower: nn.Module) -> list[nn.Module]:
+    """The tower's transformer blocks in order (CLIP/SigLIP ``encoder.layers``, DINOv2 ``encoder.layer``)."""
+    enc, attr = _encoder_container(tower)
+    return list(getattr(enc, attr))
 
 
 # Modules on top of the encoder that only the tower's own outputs (pooled / last hidden state)

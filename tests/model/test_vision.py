@@ -107,3 +107,82 @@ def test_whole_tower_training_leaves_no_parameter_without_a_gradient(kind, regis
     unreached = [n for n, p in trainable.items() if p.grad is None]
     assert not unreached, f"trainable but never reached by the features: {unreached}"
     assert any("embeddings" in n for n in trainable)  # the path to the features still trains
+
+
+# --- the tower runs only up to the deepest selected layer -----------------------------------------
+def _full_tower(kind: str, registers: int, num_layers: int):
+    """The untruncated tower the model's is cut from: same config, same seed, same weights."""
+    from llava_compare.model.vision import tower_from_config
+
+    v = {**tiny_model_cfg()["vision"], "type": kind, "num_register_tokens": registers, "num_layers": num_layers}
+    torch.manual_seed(0)
+    return tower_from_config(tiny_vision_config(v)).eval()
+
+
+@pytest.mark.parametrize("layer,kept,absolute", [(-2, 2, 2), (1, 1, 1), ([1, -2], 2, [1, 2]), (-1, 3, 3)],
+                         ids=["second-last", "absolute", "list", "last"])
+@pytest.mark.parametrize("kind,registers", [("clip", 0), ("siglip", 0), ("dinov2", 0), ("dinov2", 2)],
+                         ids=["clip", "siglip", "dinov2", "dinov2-registers"])
+def test_tower_is_cut_above_the_deepest_feature_layer(kind, registers, layer, kept, absolute):
+    """A 3-layer tower: the layers above the deepest selected hidden state are dropped, the config
+    says how many remain and which (absolute) layers feed the compressor, and the features are
+    exactly the full tower's."""
+    from llava_compare.model.vision import encoder_layers
+
+    cfg = _cfg(kind, registers, layer)
+    cfg["vision"]["num_layers"] = 3
+    model, processor = build_model(cfg)
+    full = _full_tower(kind, registers, 3)
+    assert len(encoder_layers(model.vision_tower)) == kept == model.config.vision_config.num_hidden_layers
+    assert model.vision_tower.config.num_hidden_layers == kept
+    assert model.config.vision_feature_layer == absolute
+    n_full = sum(p.numel() for p in full.parameters())
+    n_ours = sum(p.numel() for p in model.vision_tower.parameters())
+    per_layer = sum(p.numel() for p in encoder_layers(full)[0].parameters())
+    assert n_full - n_ours == (3 - kept) * per_layer
+    pixels = processor.preprocess_images([Image.new("RGB", (32, 32), (120, 40, 210))])
+    with torch.no_grad():
+        ours = model.get_vision_features(pixels)
+        want = patch_features(full, pixels, layer, 32)
+    assert torch.equal(ours, want)
+
+
+def test_truncated_tower_round_trips_save_load(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    model, processor = build_model(_cfg("siglip", layer=-2))
+    assert model.config.vision_config.num_hidden_layers == 1 and model.config.vision_feature_layer == 1
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModelForImageTextToText.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert loaded.config.vision_config.num_hidden_layers == 1 and loaded.config.vision_feature_layer == 1
+    pixels = processor.preprocess_images([Image.new("RGB", (32, 32), (5, 90, 30))])
+    with torch.no_grad():
+        assert torch.equal(loaded.eval().get_vision_features(pixels), model.eval().get_vision_features(pixels))
+
+
+def test_a_saved_full_tower_loads_cut(tmp_path):
+    """A checkpoint written before the cut (all layers, layer -2) loads cut, with the same features."""
+    from transformers import AutoModelForImageTextToText
+
+    from llava_compare.model.config import LlavaCompareConfig
+    from llava_compare.model.modeling import LlavaCompareForConditionalGeneration
+    from llava_compare.model.vision import encoder_layers
+
+    model, processor = build_model(_cfg("clip", layer=-1))  # -1: nothing to cut
+    full_cfg = LlavaCompareConfig(**{**model.config.to_dict(), "vision_feature_layer": -2})
+    old = LlavaCompareForConditionalGeneration(full_cfg)
+    assert len(encoder_layers(old.vision_tower)) == 1  # cut on construction too
+    model.config.vision_feature_layer = -2  # what an old save wrote: every layer and layer -2
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert len(encoder_layers(loaded.vision_tower)) == 1 and loaded.config.vision_feature_layer == 1
+    pixels = processor.preprocess_images([Image.new("RGB", (32, 32), (5, 90, 30))])
+    with torch.no_grad():
+        want = patch_features(model.vision_tower.eval(), pixels, -2, 32)
+        assert torch.equal(loaded.get_vision_features(pixels), want)
+
+
+def test_out_of_range_feature_layer_is_refused():
+    with pytest.raises(ValueError, match="vision_feature_layer"):
+        build_model(_cfg("clip", layer=5))  # a 2-layer tower has hidden states 0..2

@@ -318,7 +318,8 @@ def test_way3_llava_hf_same_logits_prompt_and_text(hf_export, mlp_stage, images,
     assert type(hf_proc) is LlavaProcessor
     cfg = json.loads((hf_export / "config.json").read_text())
     assert cfg["model_type"] == "llava" and cfg["image_seq_length"] == trained.get_base_model().tokens_per_image
-    assert cfg["image_token_index"] == processor.image_token_id and cfg["vision_feature_layer"] == -2
+    # -2 of the 2-layer tower, made absolute: the layer above it is cut
+    assert cfg["image_token_index"] == processor.image_token_id and cfg["vision_feature_layer"] == 1
     assert cfg["vision_feature_select_strategy"] == "default" and cfg["projector_hidden_act"] == "gelu"
     assert "auto_map" not in cfg and not list(hf_export.glob("*.py"))
     assert len(list(hf_export.glob("model-*.safetensors"))) > 1

@@ -126,12 +126,15 @@ def test_stage2_vision_trainable_layers_trains_only_the_last_layers(stage1_run, 
                       "stage.train_vision=true", "stage.vision_trainable_layers=3"))
 
 
-def test_vision_trainable_layers_counts_back_from_the_feature_layer(tiny):
+def test_vision_trainable_layers_counts_back_from_the_feature_layer():
     """With vision_feature_layer=-2 (layer 1 of 2 never reaches the compressor), N=1 trains
     layer 0; asking for more layers than reach the compressor is refused."""
     from llava_compare.train.stages import set_vision_trainable
+    from tests.conftest import tiny_model_cfg
 
-    model, _ = tiny
+    cfg = tiny_model_cfg()
+    cfg["vision_feature_layer"] = -1  # the whole 2-layer tower (at -2 the model cuts layer 1 off)
+    model, _ = build_model(cfg)
     stage = {"train_vision": True, "vision_trainable_layers": 1}
     vit = unwrap(model).vision_tower
     flags = {n: p.requires_grad for n, p in vit.named_parameters()}
