@@ -314,7 +314,7 @@ def vit_width(model: torch.nn.Module) -> int:
 def summarize_loop(arm: str, model: torch.nn.Module, s: LoopStats) -> dict[str, Any]:
     """Throughput, useful fractions, attention and matmul FLOPs of an arm's timed steps."""
     layouts = [st.layout for st in s.steps]
-    varlen = packs_in_one_row(attn_implementation(model)) and arm in PACKED
+    varlen = packs_in_one_row(attn_implementation(model))  # FA2 / flex: segments' triangles only
     dim, layers = llm_attention_shape(model)
     computed_pairs = sum(lay.varlen_pairs if varlen else lay.dense_pairs for lay in layouts)
     useful_pairs = sum(lay.useful_pairs for lay in layouts)

@@ -8,7 +8,8 @@ formula), so attention is counted here from the batch layout instead:
 - sdpa and eager compute every score of a row, masked or not: ``W**2`` query-key pairs per row of
   width ``W`` (a mask, which padding and packing both need, stops the CPU kernel from skipping
   the causal upper triangle);
-- varlen kernels (FlashAttention-2 on ``cu_seq_lens``) compute each segment's causal triangle only;
+- varlen kernels (FlashAttention-2 on ``cu_seq_lens``) compute each segment's causal triangle only
+  (a packed row's pad tail is a segment too; a padded batch is unpadded first, its padding computes nothing);
 - **useful** pairs are the causal pairs within a real sample, ``n (n + 1) / 2`` for ``n`` tokens;
   useful tokens are the real samples' tokens. A padded row, a packed row with a pad tail and a
   packed row of several samples (cross-sample blocks are computed, then masked) all fall below 1.
@@ -34,6 +35,7 @@ class Layout:
 
     rows: tuple[tuple[int, ...], ...]
     width: int
+    padded: bool = False  # one right-padded sample per row (else packed rows, pad tails as segments)
 
     @property
     def samples(self) -> int:
@@ -54,9 +56,10 @@ class Layout:
 
     @property
     def varlen_pairs(self) -> int:
-        """Pairs a varlen causal kernel computes: each segment's triangle, pad tails included."""
-        tails = [self.width - sum(r) for r in self.rows]
-        return sum(causal_pairs(n) for r in self.rows for n in r) + sum(causal_pairs(t) for t in tails)
+        """Pairs a varlen causal kernel computes: each segment's triangle, a packed row's pad tail
+        included (transformers' FA2 unpads a padded batch by its mask, so padding costs none)."""
+        tails = [] if self.padded else [self.width - sum(r) for r in self.rows]
+        return self.useful_pairs + sum(causal_pairs(t) for t in tails)
 
     @property
     def useful_pairs(self) -> int:
@@ -71,7 +74,7 @@ def causal_pairs(n: int) -> int:
 def padded_layout(batch: dict[str, Any]) -> Layout:
     """One sample per row, right-padded to the longest: lengths from the attention mask."""
     mask = batch["attention_mask"]
-    return Layout(tuple((int(n),) for n in mask.sum(1)), mask.shape[1])
+    return Layout(tuple((int(n),) for n in mask.sum(1)), mask.shape[1], padded=True)
 
 
 def packed_layout(batch: dict[str, Any]) -> Layout:

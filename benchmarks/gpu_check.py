@@ -196,7 +196,7 @@ def train_arm(scale: str, arm: str, data_dir: Path, samples: list, spec: arms.Be
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     n_params = arms.model_params(base)  # weights a token's forward and backward cross
     dim, layers = arms.llm_attention_shape(base)
-    varlen = collator.packing and collator.one_row
+    varlen = packs_in_one_row(arms.attn_implementation(base))  # FA2: segments' triangles, padding unpadded
     real, n = sum(lay.real_tokens for lay in layouts), sum(lay.samples for lay in layouts)
     useful_attention = flops.attention_flops(sum(lay.useful_pairs for lay in layouts), dim, layers)
     result = {"arm": arm, "label": arms.LABELS[arm], "compressor": arms.COMPRESSOR[arm], "packing": arm in arms.PACKED,

@@ -46,9 +46,10 @@ def test_packed_rows_layout_and_fractions(items: list[dict]) -> None:
 
 def test_padded_layout_and_fractions(items: list[dict]) -> None:
     lay = flops.layout(CompareCollator(PAD)(items))
-    assert lay == flops.Layout(rows=((3,), (2,), (4,)), width=4)
+    assert lay == flops.Layout(rows=((3,), (2,), (4,)), width=4, padded=True)
     assert (lay.real_tokens, lay.computed_tokens, lay.dense_pairs, lay.useful_pairs) == (9, 12, 48, 19)
     assert flops.fractions([lay]) == {"useful_token_fraction": 0.75, "useful_pair_fraction": 19 / 48}
+    assert lay.varlen_pairs == 19  # FA2 unpads a padded batch: its padding computes no pairs
 
 
 def test_one_full_row_is_not_fully_useful(items: list[dict]) -> None:
@@ -60,7 +61,7 @@ def test_one_full_row_is_not_fully_useful(items: list[dict]) -> None:
 
 
 def test_fractions_sum_over_batches_before_dividing() -> None:
-    short, long = flops.Layout(((1,),), 2), flops.Layout(((4,),), 4)
+    short, long = flops.Layout(((1,),), 2, padded=True), flops.Layout(((4,),), 4, padded=True)
     assert flops.fractions([short, long])["useful_token_fraction"] == 5 / 6
     assert flops.fractions([short, long])["useful_pair_fraction"] == (1 + 10) / (4 + 16)
 
