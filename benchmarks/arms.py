@@ -154,7 +154,8 @@ def plan(dataset: CompareDataset, indices: list[int], spec: BenchSpec, one_row: 
     return [[[indices[j] for j in row] for row in b] for b in bins]
 
 
-def loaders(arm: str, dataset: CompareDataset, collator: CompareCollator, spec: BenchSpec) -> tuple[DataLoader, DataLoader]:
+def loaders(arm: str, dataset: CompareDataset, collator: CompareCollator,
+            spec: BenchSpec) -> tuple[DataLoader, DataLoader]:
     """(warm-up, timed) batches of an arm: the same two sample sets for every arm."""
     sets = [list(range(spec.warmup)), list(range(spec.warmup, len(dataset)))]
     if arm not in PACKED:
@@ -311,35 +312,42 @@ def vit_width(model: torch.nn.Module) -> int:
     return _submodule(model, "vision_tower").config.hidden_size
 
 
-def summarize_loop(arm: str, model: torch.nn.Module, s: LoopStats) -> dict[str, Any]:
-    """Throughput, useful fractions, attention and matmul FLOPs of an arm's timed steps."""
+def flop_counts(model: torch.nn.Module, s: LoopStats) -> dict[str, float]:
+    """FLOPs of the timed steps: matmuls (the counter's split, scaled per step), the LLM's attention
+    as its kernel computes it, the ViT's attention (forward), and the model FLOPs of the MFU."""
     layouts = [st.layout for st in s.steps]
     varlen = packs_in_one_row(attn_implementation(model))  # FA2 / flex: segments' triangles only
     dim, layers = llm_attention_shape(model)
-    computed_pairs = sum(lay.varlen_pairs if varlen else lay.dense_pairs for lay in layouts)
-    useful_pairs = sum(lay.useful_pairs for lay in layouts)
-    n = sum(lay.samples for lay in layouts)
-    real = sum(lay.real_tokens for lay in layouts)
-    attention = flops.attention_flops(computed_pairs, dim, layers)
+    useful = flops.attention_flops(sum(lay.useful_pairs for lay in layouts), dim, layers)
     images = sum(st.images for st in s.steps)
-    vit_attention = flops.attention_flops(s.vit_attention_pairs_per_image * images, vit_width(model), 1, backward=False)
     cost = matmul_cost(model, s.warmup_flops, s.warmup)
-    matmul = sum(cost.of(st) for st in s.steps)
-    n_params = model_params(model)
-    model_flops = 6 * n_params * real + flops.attention_flops(useful_pairs, dim, layers)
+    return {"attention_pairs": "varlen" if varlen else "dense", "matmul_cost": vars(cost),
+            "matmul": sum(cost.of(st) for st in s.steps), "useful_attention": useful,
+            "attention": flops.attention_flops(sum(lay.varlen_pairs if varlen else lay.dense_pairs
+                                                   for lay in layouts), dim, layers),
+            "vit_attention": flops.attention_flops(s.vit_attention_pairs_per_image * images, vit_width(model), 1,
+                                                   backward=False),
+            "model": 6 * model_params(model) * sum(lay.real_tokens for lay in layouts) + useful}
+
+
+def summarize_loop(arm: str, model: torch.nn.Module, s: LoopStats) -> dict[str, Any]:
+    """Throughput, useful fractions, attention and matmul FLOPs of an arm's timed steps."""
+    layouts = [st.layout for st in s.steps]
+    n, real = sum(lay.samples for lay in layouts), sum(lay.real_tokens for lay in layouts)
+    f = flop_counts(model, s)
     return {
         "arm": arm, "label": LABELS[arm], "compressor": COMPRESSOR[arm], "packed": arm in PACKED,
-        "attention": attn_implementation(model), "attention_pairs": "varlen" if varlen else "dense",
+        "attention": attn_implementation(model), "attention_pairs": f["attention_pairs"],
         "samples": n, "steps": len(s.steps), "rows_per_step": sum(len(lay.rows) for lay in layouts) / len(layouts),
         "seconds": s.seconds, "samples_per_s": n / s.seconds, "real_tokens_per_s": real / s.seconds,
         "tokens_per_sample": real / n, "computed_tokens": sum(lay.computed_tokens for lay in layouts),
-        **flops.fractions(layouts, varlen),
-        "attention_flops_per_sample": attention / n, "useful_attention_flops_per_sample":
-            flops.attention_flops(useful_pairs, dim, layers) / n,
-        "matmul_flops_per_sample": matmul / n, "vit_attention_flops_per_sample": vit_attention / n,
-        "achieved_flops_per_s": (matmul + attention + vit_attention) / s.seconds,
-        "model_params_6n": n_params, "model_flops_per_s": model_flops / s.seconds,
-        "matmul_cost": vars(cost), "warmup_counted_flops": s.warmup_flops,
+        **flops.fractions(layouts, f["attention_pairs"] == "varlen"),
+        "attention_flops_per_sample": f["attention"] / n,
+        "useful_attention_flops_per_sample": f["useful_attention"] / n,
+        "matmul_flops_per_sample": f["matmul"] / n, "vit_attention_flops_per_sample": f["vit_attention"] / n,
+        "achieved_flops_per_s": (f["matmul"] + f["attention"] + f["vit_attention"]) / s.seconds,
+        "model_params_6n": model_params(model), "model_flops_per_s": f["model"] / s.seconds,
+        "matmul_cost": f["matmul_cost"], "warmup_counted_flops": s.warmup_flops,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "first_loss": s.steps[0].loss, "last_loss": s.steps[-1].loss,
         "sample_ids": sorted(i for st in s.steps for i in st.sample_ids),

@@ -173,7 +173,8 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[str, A
 
 
 def timed_steps(model: torch.nn.Module, warmup: Any, timed: Any, dev: torch.device) -> tuple[list, float, float]:
-    """(layouts of the timed steps, their seconds, the last loss) after the untimed warm-up steps (kernels, allocator)."""
+    """(layouts of the timed steps, their seconds, the last loss), after the untimed warm-up steps
+    (kernels, allocator)."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
     for batch in warmup:
         _step(model, opt, batch, dev)
@@ -200,9 +201,10 @@ def train_arm(scale: str, arm: str, data_dir: Path, samples: list, spec: arms.Be
     real, n = sum(lay.real_tokens for lay in layouts), sum(lay.samples for lay in layouts)
     useful_attention = flops.attention_flops(sum(lay.useful_pairs for lay in layouts), dim, layers)
     result = {"arm": arm, "label": arms.LABELS[arm], "compressor": arms.COMPRESSOR[arm], "packing": arm in arms.PACKED,
-              "attention": arms.attn_implementation(base), "rows_per_step": sum(len(x.rows) for x in layouts) / len(layouts),
-              "steps_timed": len(layouts), "samples": n, "samples_per_s": n / seconds, "real_tokens_per_s": real / seconds,
-              **flops.fractions(layouts, varlen), "model_params_n": n_params, "mfu_4n": 4 * n_params * real / seconds / peak,
+              "attention": arms.attn_implementation(base), "steps_timed": len(layouts),
+              "rows_per_step": sum(len(x.rows) for x in layouts) / len(layouts), "samples": n,
+              "samples_per_s": n / seconds, "real_tokens_per_s": real / seconds, **flops.fractions(layouts, varlen),
+              "model_params_n": n_params, "mfu_4n": 4 * n_params * real / seconds / peak,
               "mfu_4n_attn": (4 * n_params * real + useful_attention) / seconds / peak,
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None,

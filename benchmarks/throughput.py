@@ -69,8 +69,9 @@ def peak_rss_gib() -> float:
 
 def run_arm(arm: str, out: Path, spec: arms.BenchSpec) -> dict[str, Any]:
     """Run one arm in a fresh process and read back its JSON."""
-    cmd = [sys.executable, __file__, "--arm", arm, "--samples", str(spec.samples), "--warmup", str(spec.warmup), "--batch-size",
-           str(spec.batch_size), "--captions", str(spec.captions), "--data", str(spec.data_dir), "--out", str(out)]
+    cmd = [sys.executable, __file__, "--arm", arm, "--samples", str(spec.samples), "--warmup", str(spec.warmup),
+           "--batch-size", str(spec.batch_size), "--captions", str(spec.captions), "--data", str(spec.data_dir),
+           "--out", str(out)]
     subprocess.run(cmd, check=True)
     return json.loads((out / f"arm_{arm}.json").read_text())
 
@@ -102,8 +103,9 @@ def table(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms.ARMS:
         r = a[arm]
+        width = r["computed_tokens"] / r["steps"] / r["rows_per_step"]  # mean row width
         rows.append(f"| {r['label']} | {r['samples_per_s']:.3f} | {r['samples_per_s'] / a['a']['samples_per_s']:.2f}x"
-                    f" | {r['real_tokens_per_s']:.0f} | {r['rows_per_step']:.1f} x {r['computed_tokens'] / r['steps'] / r['rows_per_step']:.0f}"
+                    f" | {r['real_tokens_per_s']:.0f} | {r['rows_per_step']:.1f} x {width:.0f}"
                     f" | {r['useful_token_fraction']:.3f} | {r['useful_pair_fraction']:.3f}"
                     f" | {r['attention_flops_per_sample'] / 1e9:.2f} | {r['peak_rss_gib']:.2f}"
                     f" | {r['achieved_flops_fraction']:.3f} | {r['mfu']:.3f} |")
@@ -127,10 +129,11 @@ def details(report: dict[str, Any]) -> str:
              f"{'yes' if report['same_samples'] else 'NO'}."]
     for arm in arms.ARMS:
         r = a[arm]
+        g = {k: r[f"{k}_flops_per_sample"] / 1e9 for k in ("matmul", "attention", "useful_attention", "vit_attention")}
         lines.append(f"{r['label']}: {r['steps']} steps, {r['seconds']:.2f} s, {r['attention']} ({r['attention_pairs']} "
-                     f"pairs); per sample {r['matmul_flops_per_sample'] / 1e9:.1f} G matmul + "
-                     f"{r['attention_flops_per_sample'] / 1e9:.2f} G attention (useful {r['useful_attention_flops_per_sample'] / 1e9:.2f} G);"
-                     f" loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}")
+                     f"pairs); per sample {g['matmul']:.1f} G matmul + {g['attention']:.2f} G attention (useful "
+                     f"{g['useful_attention']:.2f} G) + {g['vit_attention']:.2f} G ViT attention; "
+                     f"loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}")
     return "\n".join(lines)
 
 
