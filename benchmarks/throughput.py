@@ -14,7 +14,8 @@ FLOPs: torch's flop counter on the first warm-up step gives the matmul FLOPs, sp
 linear layers (per computed token), the LM head (per position it runs at) and the rest (per
 image), scaled to every timed step; attention, which the counter counts as 0 for CPU sdpa, comes
 from the batch layout (``benchmarks/flops.py``). *Achieved / matmul* divides their sum per second
-by a dense matmul's FLOP/s measured in the same run. MFU uses model FLOPs instead: 6N per real
+by a dense matmul's FLOP/s measured in the same run (the best of one measurement before the arms
+and one in each arm's process). MFU uses model FLOPs instead: 6N per real
 token plus the causal attention within each sample (N = the weights a token's forward and backward
 cross), over the same ceiling.
 """
@@ -139,7 +140,10 @@ def details(report: dict[str, Any]) -> str:
 
 def summarize(results: dict[str, dict[str, Any]], ceiling: float, spec: arms.BenchSpec, device: torch.device,
               data: dict[str, Any]) -> dict[str, Any]:
-    """The arms' own numbers plus ceiling fractions, ratios, goals and the paper-scale table."""
+    """The arms' own numbers plus ceiling fractions, ratios, goals and the paper-scale table. The
+    ceiling is the best of the measurements (the run's and one in each arm's process): other
+    load on the machine only ever lowers a measurement, and one taken under it made fractions > 1."""
+    ceiling = max([ceiling, *(results[arm].get("matmul_flops_per_s", 0.0) for arm in arms.ARMS)])
     for arm in arms.ARMS:
         results[arm]["achieved_flops_fraction"] = results[arm]["achieved_flops_per_s"] / ceiling
         results[arm]["mfu"] = results[arm]["model_flops_per_s"] / ceiling
@@ -171,6 +175,8 @@ def main() -> None:
     if args.arm:
         result = arms.run_d(spec, out) if args.arm == "d" else arms.run_abc(args.arm, spec)
         result["peak_rss_gib"] = peak_rss_gib()
+        if args.arm != "d":  # the ceiling again, beside this arm's steps (see summarize)
+            result["matmul_flops_per_s"] = matmul_ceiling(arms.device(), seconds=2.0)
         (out / f"arm_{args.arm}.json").write_text(json.dumps(result, indent=2))
         return
     shutil.rmtree(spec.data_dir, ignore_errors=True)
@@ -182,7 +188,7 @@ def main() -> None:
     (out / "throughput.json").write_text(json.dumps(report, indent=2))
     text = table(report) + "\n\n" + details(report) + "\n\n" + paper_scale.table(report["paper_scale"])
     (out / "throughput.md").write_text(text + "\n")
-    print(f"{report['machine']}; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s\n{text}")
+    print(f"{report['machine']}; matmul ceiling {report['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s\n{text}")
 
 
 if __name__ == "__main__":
