@@ -7,17 +7,23 @@ H100/H200-class GPU, with no downloads (every model is random, built from config
 1. ``packing``: bf16 + FlashAttention-2 (sdpa when flash-attn is not installed; the report says
    which ran), packed vs unpacked: the log-probabilities of every answer token must agree (a
    packed row that leaks attention across samples changes them by O(1), bf16 noise is ~1e-2).
-2. ``stage2_lora_7b`` and the arms of ``make bench`` at that scale: a LLaMA-2-7B-shaped LLM and a
+2. ``stage2_lora_7b`` and the arms of ``make bench`` at that scale, on ``make bench``'s data mix
+   (``benchmarks/mix.py``: 1-4 images, 5-200-token answers): a LLaMA-2-7B-shaped LLM and a
    CLIP-L/14-336-shaped ViT, bf16, gradient checkpointing, LoRA r128 on the LLM (the
    ``stage2_lora`` recipe) and the compressor trained:
    (a) transformers' ``LlavaForConditionalGeneration``, padded, 576 tokens per image;
+   (a') ours, ``mlp``, the same padded batches;
    (b) ours, ``mlp`` (576 tokens per image), packed -- this is the stage-2 LoRA run itself;
    (c) ours, ``resampler`` (64 tokens per image), packed.
-   Each: real tokens/s, samples/s, MFU against the GPU's dense bf16 peak (4N FLOPs per real
-   token with LoRA, N = the weights a token's forward and backward cross) and peak memory.
-   Arms train LoRA, not ``make bench``'s full fine-tuning: AdamW state for a full 7B does not fit
-   one 80 GB GPU. ``make bench``'s arm (d), the stage-1 feature cache, measures disk and CPU
-   work and is left to ``make bench``.
+   Packed arms use ``make bench``'s sampler bins (``plan_bins``, a token budget of ``batch-size``
+   mean samples) in the layout the kernel calls for (``packs_in_one_row``: one row per bin under
+   FlashAttention-2, rows of the longest sample under sdpa). Each: real tokens/s, samples/s, MFU
+   against the GPU's dense bf16 peak (4N FLOPs per real token with LoRA, N = the weights a
+   token's forward and backward cross; also with the samples' causal attention added), useful
+   token and attention-pair fractions (``benchmarks/flops.py``) and peak memory. Arms train LoRA,
+   not ``make bench``'s full fine-tuning: AdamW state for a full 7B does not fit one 80 GB GPU.
+   ``make bench``'s arm (d), the stage-1 feature cache, measures disk and CPU work and is left
+   to ``make bench``.
 
 3. ``dist`` (``benchmarks/dist_check.py``): the tiny stage 2 under ``dist=zero3`` and ``dist=fsdp``
    on every GPU of the machine (NCCL, bf16, the attention ``auto`` picks): the engine that
@@ -40,13 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.arms
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks import arms  # noqa: E402
+from benchmarks import arms, flops  # noqa: E402
 from llava_compare.data.collator import CompareCollator  # noqa: E402
 from llava_compare.data.conversation import IGNORE  # noqa: E402
 from llava_compare.data.dataset import CompareDataset  # noqa: E402
 from llava_compare.data.pipeline import make_builder  # noqa: E402
+from llava_compare.model.attention import packs_in_one_row  # noqa: E402
 from llava_compare.model.build import build_model  # noqa: E402
 from llava_compare.train.config import compose_config  # noqa: E402
 from llava_compare.train.stages import configure_stage  # noqa: E402
@@ -68,9 +74,10 @@ SCALES = {
         "model.dtype=float32", "model.attn_implementation=sdpa",
     ],
 }
-ROW = 4096  # data.max_length (per sample); packing flattens each micro-batch into one row
+ROW = 4096  # data.max_length (per sample): Vicuna-7B v1.5's context
 # Dense bf16 tensor-core peak (no sparsity), FLOP/s, by the name torch reports. Other GPUs: the
 # measured matmul ceiling stands in (the report says which).
+RATIOS = (("(b)/(a)", "b", "a"), ("(b)/(a')", "b", "ap"), ("(c)/(a)", "c", "a"))
 BF16_PEAK = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12,
              "H100 NVL": 835e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "RTX 4090": 165e12}
 
@@ -79,7 +86,7 @@ def config(scale: str, compressor: str, packing: bool, data_dir: Path) -> Any:
     """The ``stage2_lora`` recipe at ``scale``, built from config (no downloads)."""
     return compose_config(["recipe=stage2_lora", "init_from=null", "model.vision.name_or_path=null",
                            "model.llm.name_or_path=null", *SCALES[scale], f"model/compressor={compressor}",
-                           f"data.train=[{{path: {data_dir}/train.json}}]", "data.synth=null",
+                           f"data.train=[{{path: {data_dir}/mix.json}}]", "data.synth=null",
                            f"data.packing={str(packing).lower()}", f"data.max_length={ROW}", "logger=none"])
 
 
@@ -96,18 +103,20 @@ def gpu_peak(dev: torch.device) -> tuple[float, str]:
 
 
 def build(scale: str, arm: str, data_dir: Path, samples: list, dev: torch.device) -> tuple[Any, Any, Any]:
-    """(model with LoRA + trained compressor, dataset, collator) of arm a, b or c, on ``dev``."""
-    cfg = config(scale, arms.COMPRESSOR[arm], arm != "a", data_dir)
+    """(model with LoRA + trained compressor, dataset, collator) of arm a, ap, b or c, on ``dev``;
+    the collator lays packed rows out as the model's attention kernel calls for."""
+    cfg = config(scale, arms.COMPRESSOR[arm], arm in arms.PACKED, data_dir)
     torch.manual_seed(0)
     with dev:  # random init on the GPU: a 7B init on the CPU would take minutes
         model, processor = build_model(OmegaConf.to_container(cfg.model))
-        if arm == "a":  # transformers' LLaVA in our dtype, the same weights
+        if arm in arms.HF_ARMS:  # transformers' LLaVA in our dtype, the same weights
             model = lora_llava_hf(arms.to_llava_hf(model).to(model.dtype), cfg.peft)
         else:
             model = configure_stage(model, cfg.stage, cfg.peft)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dataset = CompareDataset(samples, processor, make_builder(cfg, processor), ROW, on_error="raise")
-    collator = CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing)
+    collator = CompareCollator(processor.tokenizer.pad_token_id, packing=cfg.data.packing,
+                               one_row=packs_in_one_row(arms.attn_implementation(model)))
     return model.train(), dataset, collator
 
 
@@ -121,15 +130,6 @@ def lora_llava_hf(model: torch.nn.Module, peft_cfg: Any) -> torch.nn.Module:
     # trained in fp32 as our compressor is (bf16 weights would lose small updates)
     lora.base_model.model.model.multi_modal_projector.float().requires_grad_(True)
     return lora
-
-
-def token_counts(batch: dict[str, Any]) -> tuple[int, int]:
-    """(samples, real tokens) of a padded or flattened (packed) batch."""
-    if "attention_mask" in batch:
-        real = int(batch["attention_mask"].sum())
-    else:  # flattened packing (one row, no padding)
-        real = batch["input_ids"].numel()
-    return len(batch["sample_ids"]), real
 
 
 def autocast(dev: torch.device) -> Any:
@@ -148,56 +148,68 @@ def answer_logprobs(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tens
 
 @torch.no_grad()
 def check_packing(scale: str, data_dir: Path, samples: list, dev: torch.device) -> dict[str, Any]:
-    model, dataset, _ = build(scale, "b", data_dir, samples[:3], dev)
+    """Answer log-probs of three samples packed (the kernel's layout) and padded must agree."""
+    model, dataset, collator = build(scale, "b", data_dir, samples[:3], dev)
     model.eval()
     items = [dataset[i] for i in range(3)]
-    pad = dataset.processor.tokenizer.pad_token_id
-    packed = CompareCollator(pad, packing=True)(items)
-    padded = CompareCollator(pad)(items)
+    packed = collator(items)
+    padded = CompareCollator(dataset.processor.tokenizer.pad_token_id)(items)
     with autocast(dev):
-        lp_packed, lp_padded = (answer_logprobs(model, {k: v.to(dev) if torch.is_tensor(v) else v
-                                                        for k, v in b.items()}) for b in (packed, padded))
+        lp_packed, lp_padded = (answer_logprobs(model, arms.model_inputs(b, dev)) for b in (packed, padded))
     diff = float((lp_packed - lp_padded).abs().max())
-    attn = model.config.text_config._attn_implementation
+    attn = arms.attn_implementation(model)
     del model
-    return {"attention": attn, "dtype": SCALES[scale][-2].split("=")[1], "answer_tokens": int(lp_packed.numel()),
-            "max_abs_diff_logprob": diff, "ok": diff < 0.1}
+    return {"attention": attn, "rows": int(packed["input_ids"].shape[0]), "dtype": SCALES[scale][-2].split("=")[1],
+            "answer_tokens": int(lp_packed.numel()), "max_abs_diff_logprob": diff, "ok": diff < 0.1}
 
 
-def train_arm(scale: str, arm: str, data_dir: Path, samples: list, steps: int, batch_size: int,
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[str, Any], dev: torch.device) -> float:
+    with autocast(dev):
+        loss = model(**arms.model_inputs(batch, dev)).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def timed_steps(model: torch.nn.Module, warmup: Any, timed: Any, dev: torch.device) -> tuple[list, float, float]:
+    """(layouts of the timed steps, their seconds, the last loss), after the untimed warm-up steps
+    (kernels, allocator)."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
+    for batch in warmup:
+        _step(model, opt, batch, dev)
+    arms._sync(dev)
+    start, layouts = time.perf_counter(), []
+    for batch in timed:
+        loss = _step(model, opt, batch, dev)
+        layouts.append(flops.layout(batch))
+    arms._sync(dev)
+    return layouts, time.perf_counter() - start, loss
+
+
+def train_arm(scale: str, arm: str, data_dir: Path, samples: list, spec: arms.BenchSpec,
               dev: torch.device, peak: float) -> dict[str, Any]:
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
-    model, dataset, collator = build(scale, arm, data_dir, samples[:batch_size * (steps + 1)], dev)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
-    real = n_samples = 0
-    start = 0.0
-    for step, batch in enumerate(loader):
-        if step == 1:
-            arms._sync(dev)
-            start = time.perf_counter()  # step 0 is the warm-up (kernels, allocator)
-        n, tokens = token_counts(batch)
-        batch = {k: v.to(dev) for k, v in batch.items() if torch.is_tensor(v)}
-        with autocast(dev):
-            loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step >= 1:
-            real, n_samples = real + tokens, n_samples + n
-    arms._sync(dev)
-    seconds = time.perf_counter() - start
+    model, dataset, collator = build(scale, arm, data_dir, samples, dev)
+    layouts, seconds, loss = timed_steps(model, *arms.loaders(arm, dataset, collator, spec), dev)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     n_params = arms.model_params(base)  # weights a token's forward and backward cross
-    result = {"arm": arm, "compressor": arms.COMPRESSOR[arm], "packing": arm != "a", "steps_timed": steps,
-              "samples_per_s": n_samples / seconds, "real_tokens_per_s": real / seconds,
+    dim, layers = arms.llm_attention_shape(base)
+    varlen = packs_in_one_row(arms.attn_implementation(base))  # FA2: segments' triangles, padding unpadded
+    real, n = sum(lay.real_tokens for lay in layouts), sum(lay.samples for lay in layouts)
+    useful_attention = flops.attention_flops(sum(lay.useful_pairs for lay in layouts), dim, layers)
+    result = {"arm": arm, "label": arms.LABELS[arm], "compressor": arms.COMPRESSOR[arm], "packing": arm in arms.PACKED,
+              "attention": arms.attn_implementation(base), "steps_timed": len(layouts),
+              "rows_per_step": sum(len(x.rows) for x in layouts) / len(layouts), "samples": n,
+              "samples_per_s": n / seconds, "real_tokens_per_s": real / seconds, **flops.fractions(layouts, varlen),
               "model_params_n": n_params, "mfu_4n": 4 * n_params * real / seconds / peak,
+              "mfu_4n_attn": (4 * n_params * real + useful_attention) / seconds / peak,
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None,
-              "last_loss": float(loss.detach())}
-    del model, opt
+              "last_loss": loss}
+    del model
     return result
 
 
@@ -205,22 +217,26 @@ def table(report: dict[str, Any]) -> str:
     p = report["packing"]
     rows = [f"{report['date']}, {report['device']}, torch {report['torch']}; peak {report['peak_flops'] / 1e12:.0f} "
             f"TFLOP/s ({report['peak_source']})", "",
-            f"packing ({p['attention']}, {p['dtype']}): max |log p packed - log p padded| over "
+            f"packing ({p['attention']}, {p['rows']} row(s), {p['dtype']}): max |log p packed - log p padded| over "
             f"{p['answer_tokens']} answer tokens = {p['max_abs_diff_logprob']:.3g} ({'ok' if p['ok'] else 'LEAK'})", "",
-            "| arm | real tokens/s | samples/s | MFU (4N) | peak memory (GiB) | trainable params |",
-            "|---|---|---|---|---|---|"]
+            "| arm | attention | rows/step | real tokens/s | samples/s | useful tokens | useful attention pairs | "
+            "MFU (4N) | MFU (4N + attn) | peak memory (GiB) | trainable params |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["arms"].values():
         mem = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
-        rows.append(f"| ({r['arm']}) {r['compressor']}{', packed' if r['packing'] else ', padded'} | "
-                    f"{r['real_tokens_per_s']:.0f} | {r['samples_per_s']:.2f} | {r['mfu_4n']:.3f} | {mem} | "
-                    f"{r['trainable_params'] / 1e6:.1f} M |")
+        rows.append(f"| {r['label']} | {r['attention']} | {r['rows_per_step']:.1f} | {r['real_tokens_per_s']:.0f} | "
+                    f"{r['samples_per_s']:.2f} | {r['useful_token_fraction']:.3f} | {r['useful_pair_fraction']:.3f} | "
+                    f"{r['mfu_4n']:.3f} | {r['mfu_4n_attn']:.3f} | {mem} | {r['trainable_params'] / 1e6:.1f} M |")
+    a = report["arms"]
+    rows += ["", "samples/s ratios: " + ", ".join(f"{name} {a[x]['samples_per_s'] / a[y]['samples_per_s']:.2f}"
+                                                 for name, x, y in RATIOS)]
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, one timed step per arm")
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per arm (after one warm-up)")
+    ap.add_argument("--steps", type=int, default=6, help="timed padded steps' samples per arm (after one warm-up)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default="outputs/gpu_check")
     args = ap.parse_args(argv)
@@ -229,7 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("make gpu-check needs a CUDA GPU; `python benchmarks/gpu_check.py --dry-run` runs on CPU")
     out = Path(args.out)
-    spec = arms.BenchSpec(samples=batch_size * steps, batch_size=batch_size, captions=1, data_dir=out / "data")
+    # warm-up: one padded step's samples; timed: ``steps`` padded steps' (the packed arms bin the same samples)
+    spec = arms.BenchSpec(samples=batch_size * steps, warmup=batch_size, batch_size=batch_size, captions=1,
+                          data_dir=out / "data")
     arms.make_data(spec)
     samples = arms.bench_samples(spec)
     peak, source = gpu_peak(dev)
@@ -238,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)",
         "torch": torch.__version__, "scale": scale, "peak_flops": peak, "peak_source": source,
         "packing": check_packing(scale, spec.data_dir, samples, dev),
-        "arms": {arm: train_arm(scale, arm, spec.data_dir, samples, steps, batch_size, dev, peak) for arm in "abc"},
+        "arms": {arm: train_arm(scale, arm, spec.data_dir, samples, spec, dev, peak) for arm in arms.ARMS},
     }
     from benchmarks import dist_check  # zero3 / fsdp on this machine's GPUs: engine, shards, dtypes
 
