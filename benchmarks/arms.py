@@ -69,7 +69,8 @@ MAX_LENGTH = 3072  # data.max_length (per sample): a 4-image sample with a 200-t
 class BenchSpec:
     """What every arm shares besides the model config."""
 
-    samples: int = 24  # timed samples per arm (after the warm-up set)
+    samples: int = 24  # timed samples per arm (after the warm-up set), at least
+    pool: int = 1000  # samples arm (b)'s bins are planned over (training's data.pack_window)
     batch_size: int = 8  # padded: samples per step; packed: the token budget is this many mean samples
     warmup: int = 4  # untimed samples first (one padded step): kernels, allocator, the FLOP count
     lr: float = 2e-5
@@ -96,16 +97,35 @@ def token_counter(model_cfg: Any) -> Callable[[str], int]:
 def make_data(spec: BenchSpec) -> dict[str, Any]:
     """The Co-Instruct-like mix (warm-up + timed samples) and arm (d)'s captions."""
     count = token_counter(arm_config("b", spec).model)
-    return mix.make_mix(spec.data_dir, spec.warmup + spec.samples, spec.captions, spec.seed, count)
+    return mix.make_mix(spec.data_dir, spec.warmup + spec.pool, spec.captions, spec.seed, count)
 
 
 def bench_samples(spec: BenchSpec) -> list[Any]:
-    """Warm-up then timed samples, in the mix's order: every arm trains on exactly these."""
+    """Warm-up samples then the pool, in the mix's order (``timed_plan`` picks the timed ones)."""
     samples = read_sources([SourceSpec(path=str(spec.data_dir / "mix.json"))])
-    if len(samples) != spec.warmup + spec.samples:
+    if len(samples) != spec.warmup + spec.pool:
         raise ValueError(f"{spec.data_dir}/mix.json holds {len(samples)} samples, not the "
-                         f"{spec.warmup + spec.samples} this spec needs: regenerate it (make_data)")
+                         f"{spec.warmup + spec.pool} this spec needs: regenerate it (make_data)")
     return list(samples)
+
+
+def timed_plan(spec: BenchSpec, one_row: bool) -> tuple[list[int], list[list[list[int]]]]:
+    """(the timed samples, arm b's bins of them). Arm (b) plans its bins over the whole pool, as
+    training plans over a window of ``data.pack_window`` samples (best-fit needs a choice of
+    samples to fill rows), and the first bins holding at least ``spec.samples`` samples are timed.
+    Every arm trains exactly those samples: the padded ones in batches of ``batch_size`` in the
+    mix's (shuffled) order, arm (c) in bins it plans over them with its own lengths."""
+    cfg = arm_config("b", spec)
+    processor = build_processor(OmegaConf.to_container(cfg.model))
+    dataset = CompareDataset(bench_samples(spec), processor, make_builder(cfg, processor),
+                             cfg.data.max_length, on_error="raise")
+    bins, taken = [], 0
+    for b in plan(dataset, list(range(spec.warmup, len(dataset))), spec, one_row):
+        if taken >= spec.samples:
+            break
+        bins.append(b)
+        taken += sum(len(row) for row in b)
+    return sorted(i for b in bins for row in b for i in row), bins
 
 
 def to_llava_hf(model: torch.nn.Module) -> torch.nn.Module:
@@ -157,12 +177,15 @@ def plan(dataset: CompareDataset, indices: list[int], spec: BenchSpec, one_row: 
 def loaders(arm: str, dataset: CompareDataset, collator: CompareCollator,
             spec: BenchSpec) -> tuple[DataLoader, DataLoader]:
     """(warm-up, timed) batches of an arm: the same two sample sets for every arm."""
-    sets = [list(range(spec.warmup)), list(range(spec.warmup, len(dataset)))]
+    timed, b_bins = timed_plan(spec, collator.one_row)
+    sets = [list(range(spec.warmup)), timed]
     if arm not in PACKED:
         return tuple(DataLoader(Subset(dataset, s), batch_size=spec.batch_size, shuffle=False, collate_fn=collator)
                      for s in sets)
-    return tuple(DataLoader(BinnedDataset(dataset, plan(dataset, s, spec, collator.one_row)), batch_size=1,
-                            shuffle=False, collate_fn=collator) for s in sets)
+    warm = DataLoader(BinnedDataset(dataset, plan(dataset, sets[0], spec, collator.one_row)), batch_size=1,
+                      shuffle=False, collate_fn=collator)
+    bins = b_bins if arm == "b" else plan(dataset, timed, spec, collator.one_row)
+    return warm, DataLoader(BinnedDataset(dataset, bins), batch_size=1, shuffle=False, collate_fn=collator)
 
 
 @dataclass

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     # warm-up: one padded step's samples; timed: ``steps`` padded steps' (the packed arms bin the same samples)
     spec = arms.BenchSpec(samples=batch_size * steps, warmup=batch_size, batch_size=batch_size, captions=1,
-                          data_dir=out / "data")
+                          pool=8 if args.dry_run else arms.BenchSpec.pool, data_dir=out / "data")
     arms.make_data(spec)
     samples = arms.bench_samples(spec)
     peak, source = gpu_peak(dev)

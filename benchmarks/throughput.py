@@ -70,7 +70,7 @@ def peak_rss_gib() -> float:
 
 def run_arm(arm: str, out: Path, spec: arms.BenchSpec) -> dict[str, Any]:
     """Run one arm in a fresh process and read back its JSON."""
-    cmd = [sys.executable, __file__, "--arm", arm, "--samples", str(spec.samples), "--warmup", str(spec.warmup),
+    cmd = [sys.executable, __file__, "--arm", arm, "--samples", str(spec.samples), "--warmup", str(spec.warmup), "--pool", str(spec.pool),
            "--batch-size", str(spec.batch_size), "--captions", str(spec.captions), "--data", str(spec.data_dir),
            "--out", str(out)]
     subprocess.run(cmd, check=True)
@@ -163,6 +163,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=arms.BenchSpec.samples)
     ap.add_argument("--warmup", type=int, default=arms.BenchSpec.warmup)
+    ap.add_argument("--pool", type=int, default=arms.BenchSpec.pool,
+                    help="samples arm (b) plans its bins over; the timed samples are its first bins'")
     ap.add_argument("--batch-size", type=int, default=arms.BenchSpec.batch_size)
     ap.add_argument("--captions", type=int, default=arms.BenchSpec.captions)
     ap.add_argument("--out", default="outputs/bench")
@@ -170,7 +172,8 @@ def main() -> None:
     ap.add_argument("--arm", choices=[*arms.ARMS, "d"], help="run one arm (used internally)")
     args = ap.parse_args()
     out = Path(args.out)
-    spec = arms.BenchSpec(samples=args.samples, warmup=args.warmup, batch_size=args.batch_size, captions=args.captions,
+    spec = arms.BenchSpec(samples=args.samples, warmup=args.warmup, pool=args.pool, batch_size=args.batch_size,
+                          captions=args.captions,
                           data_dir=Path(args.data) if args.data else out / "data")
     if args.arm:
         result = arms.run_d(spec, out) if args.arm == "d" else arms.run_abc(args.arm, spec)
