@@ -23,7 +23,10 @@ import argparse
 import json
 import logging
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from ..loading import META, is_export, load, read_meta, resolve_checkpoint, unwrap
 from .chat_template import chat_template_for
@@ -36,14 +39,35 @@ log = logging.getLogger(__name__)
 FORMATS = ("native", "llava-hf")
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that holds something other than a previous export (before any work)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
         if not is_export(out):
             raise FileExistsError(f"{out} is not a previous llava_compare export; refusing to overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that becomes ``out`` only when the block finishes: an
+    export that fails (or is killed) mid-write leaves no half-written folder under ``out``'s name,
+    and a previous export replaced with ``--overwrite`` stays until the new one is complete."""
+    _check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():  # empty, or a previous export (checked above): out of the way first
+            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, merge: bool = True, fmt: str = "native",
@@ -63,11 +87,20 @@ def export(checkpoint: str | Path, out_dir: str | Path, merge: bool = True, fmt:
     model, processor, _ = load(checkpoint, merge=merge)
     if fmt == "llava-hf":
         check_llava_hf(unwrap(model).config)  # before anything is written
-    _prepare_out(out, overwrite)
+    with _staged(out, overwrite) as tmp:
+        adapter = _write(model, processor, stage_dir, checkpoint, tmp, out, fmt, max_shard_size, repo_id)
+    log.info("exported %s to %s (%s, %s)", checkpoint, out, fmt, "merged" if adapter is None else "adapter")
+    return out
+
+
+def _write(model: Any, processor: Any, stage_dir: Path, checkpoint: str | Path, out: Path, final: Path,
+           fmt: str, max_shard_size: str | int, repo_id: str | None) -> str | None:
+    """Every file of the export into ``out`` (the staging folder that becomes ``final``; files
+    that name the export's own place name ``final`` or the hub repo). Returns the adapter subfolder."""
     template = chat_template_for(stage_dir, processor)
     adapter = None
     if fmt == "native":
-        adapter = write_native(model, processor, out, max_shard_size, template, repo_id)
+        adapter = write_native(model, processor, out, max_shard_size, template, repo_id or str(final.resolve()))
     else:
         write_llava_hf(model, processor, out, max_shard_size, template)
     meta = json.loads((stage_dir / META).read_text())
@@ -78,9 +111,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, merge: bool = True, fmt:
     if results:
         (out / EVAL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     (out / "README.md").write_text(model_card(meta, fmt, adapter is None, adapter, results,
-                                              repo_id or str(out)))
-    log.info("exported %s to %s (%s, %s)", checkpoint, out, fmt, "merged" if adapter is None else "adapter")
-    return out
+                                              repo_id or str(final)))
+    return adapter
 
 
 def _version() -> str:
