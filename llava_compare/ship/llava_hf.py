@@ -231,13 +231,17 @@ def _v4_tokenizer_config(config: dict[str, Any]) -> None:
 def write_v4_compat(out: Path) -> None:
     """Make the folder transformers 4.x (and vLLM on either) reads as 5.x does: the text config's
     RoPE in both spellings, a 4.x-readable ``tokenizer_config.json``, and the image processor in
-    ``preprocessor_config.json`` (4.x's place; 5.x nests it in ``processor_config.json``)."""
+    ``preprocessor_config.json`` (the published checkpoints' place, which 5.x reads too) instead of
+    nested in ``processor_config.json`` (4.x would pass that dict as the processor's image processor)."""
     _edit_json(out / "config.json", _v4_text_config)
     if (out / "tokenizer_config.json").is_file():
         _edit_json(out / "tokenizer_config.json", _v4_tokenizer_config)
     proc_file = out / "processor_config.json"
-    nested = json.loads(proc_file.read_text()).get("image_processor") if proc_file.is_file() else None
-    if nested and not (out / "preprocessor_config.json").exists():
-        image = {**nested, "processor_class": "LlavaProcessor"}
-        image["image_processor_type"] = image.get("image_processor_type", "").removesuffix("Pil") or None
+    proc = json.loads(proc_file.read_text())
+    nested = proc.pop("image_processor", None)
+    if nested:
+        image = {**nested, "processor_class": proc.get("processor_class", "LlavaProcessor")}
+        if str(image.get("image_processor_type", "")).endswith("Pil"):  # 5.x's PIL twin; 4.x has one class
+            image["image_processor_type"] = image["image_processor_type"].removesuffix("Pil")
         (out / "preprocessor_config.json").write_text(json.dumps(image, indent=2, sort_keys=True) + "\n")
+        proc_file.write_text(json.dumps(proc, indent=2, sort_keys=True) + "\n")
