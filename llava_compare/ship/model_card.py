@@ -74,6 +74,10 @@ processor = AutoProcessor.from_pretrained("{where}")
 
 3. The training code's generation CLI:
    `llava-compare generate {where} --image a.png --image b.png --prompt "Which image is sharper?"`
+
+4. vLLM (CLIP and SigLIP towers; not DINOv2) and lmms-eval read it as written:
+   `vllm serve {where} --limit-mm-per-prompt '{{"image": 4}}'`;
+   `python -m lmms_eval --model llava_hf --model_args pretrained={where},device_map=auto --tasks TASK`
 """
     return f"""1. With `llava_compare` installed (`pip install llava_compare`), importing it registers the classes:
 

@@ -284,3 +284,20 @@ def test_towers_llava_cannot_express_are_refused(tmp_path):
     with pytest.raises(ValueError, match="CLS \\+ registers"):
         export(stage, tmp_path / "hf", fmt="llava-hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_rope_of_a_llama3_text_config_is_written_for_both_transformers():
+    """transformers 4.x reads RoPE from ``rope_theta`` / ``rope_scaling`` only: without them a
+    LLaMA-3 export would run at 4.x's default theta (10,000) with no error."""
+    from transformers import LlamaConfig
+
+    from llava_compare.ship.llava_hf import _v4_text_config
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    config = {"text_config": LlamaConfig(rope_parameters=dict(rope), max_position_embeddings=131072).to_dict()}
+    _v4_text_config(config)
+    text = config["text_config"]
+    assert text["rope_theta"] == 500000.0
+    assert text["rope_scaling"] == {k: v for k, v in rope.items() if k != "rope_theta"}
+    assert LlamaConfig.from_dict(text).rope_parameters == rope  # 5.x reads the same RoPE back
