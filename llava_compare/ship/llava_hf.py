@@ -120,8 +120,13 @@ def llava_hf_config(cfg: Any) -> Any:
 
     check_llava_hf(cfg)
     strategy, _ = select_strategy(cfg.vision_config)
+    vision = cfg.vision_config.to_dict()
+    # DINOv2's backbone outputs (LLaVA never reads them) still name the uncut depth after
+    # truncate_tower, and a config whose out_features exceed its layers does not load: drop them
+    for key in ("out_features", "out_indices", "stage_names"):
+        vision.pop(key, None)
     llava_cfg = LlavaConfig(
-        vision_config=cfg.vision_config.to_dict(), text_config=cfg.text_config.to_dict(),
+        vision_config=vision, text_config=cfg.text_config.to_dict(),
         image_token_index=cfg.image_token_id, image_seq_length=cfg.tokens_per_image,
         vision_feature_layer=cfg.vision_feature_layer, vision_feature_select_strategy=strategy,
         projector_hidden_act="gelu", multimodal_projector_bias=True,

@@ -301,3 +301,25 @@ def test_rope_of_a_llama3_text_config_is_written_for_both_transformers():
     assert text["rope_theta"] == 500000.0
     assert text["rope_scaling"] == {k: v for k, v in rope.items() if k != "rope_theta"}
     assert LlamaConfig.from_dict(text).rope_parameters == rope  # 5.x reads the same RoPE back
+
+
+def test_a_cut_dinov2_tower_exports_a_config_that_loads(tmp_path):
+    """truncate_tower leaves DINOv2's backbone ``out_features`` at the uncut depth; the exported
+    vision config must still load (written from the in-memory model: such a tiny stage output
+    does not reload itself, see make_stage's DINOv2 callers)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from llava_compare.ship.llava_hf import write_llava_hf
+
+    cfg = tiny_model_cfg(type="mlp", depth=2)
+    cfg["vision"]["type"] = "dinov2"
+    model, processor = build_model(cfg)  # -2 of 2 layers: cut to 1
+    assert model.config.vision_config.num_hidden_layers == 1
+    write_llava_hf(model.eval(), processor, tmp_path, "5GB", None)
+    hf, info = LlavaForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ids = torch.tensor([[1, *[processor.image_token_id] * model.config.tokens_per_image, 5]])
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, pixel_values=pixels).logits,
+                                   model(input_ids=ids, pixel_values=pixels).logits, rtol=0, atol=1e-5)
