@@ -221,9 +221,12 @@ def _v4_text_config(config: dict[str, Any]) -> None:
 def _v4_tokenizer_config(config: dict[str, Any]) -> None:
     """transformers 5 names its tokenizers.json class ``TokenizersBackend`` and writes
     ``extra_special_tokens`` as a list; 4.x knows ``PreTrainedTokenizerFast`` and wants a dict
-    of named tokens there (the list form is 4.x's ``additional_special_tokens``). 5.x reads both."""
+    of named tokens there (the list form is 4.x's ``additional_special_tokens``). 5.x reads both.
+    Keys that are load-time state, not settings, are dropped."""
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        # 4.x's generic class also returns token_type_ids, which LLaVA's generate() refuses
+        config.setdefault("model_input_names", ["input_ids", "attention_mask"])
     extra = config.get("extra_special_tokens")
     if isinstance(extra, list):
         if extra:

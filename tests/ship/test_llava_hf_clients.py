@@ -176,6 +176,7 @@ def test_clip_export_has_the_published_llava_hf_layout(exports):
     tok = json.loads((hf / "tokenizer_config.json").read_text())
     assert tok["tokenizer_class"] == "PreTrainedTokenizerFast"  # 5.x's TokenizersBackend is unknown to 4.x
     assert isinstance(tok.get("extra_special_tokens", {}), dict)  # 4.x calls .items() on it
+    assert tok["model_input_names"] == ["input_ids", "attention_mask"]  # 4.x's generate refuses token_type_ids
 
 
 def test_siglip_export_keeps_every_patch(exports):
