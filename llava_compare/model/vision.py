@@ -167,7 +167,18 @@ def truncate_tower(tower: nn.Module, layer: int | Sequence[int]) -> int | list[i
     if keep < len(layers):
         setattr(container, attr, layers[:keep])  # nn.ModuleList slice: the same modules
         tower.config.num_hidden_layers = keep
+        _cut_backbone_stages(tower.config, keep)
     return absolute
+
+
+def _cut_backbone_stages(config: Any, keep: int) -> None:
+    """A backbone config (DINOv2's) names one stage per layer and its output stages: a saved cut
+    config must name only the stages left, or it does not load (``out_features must be a subset
+    of stage_names``). The output is the new last stage (LLaVA reads hidden states, not it)."""
+    if getattr(config, "stage_names", None) is None:
+        return
+    config.stage_names = ["stem", *[f"stage{i}" for i in range(1, keep + 1)]]
+    config.out_features = [config.stage_names[-1]]
 
 
 def patch_features(tower: nn.Module, pixel_values: torch.Tensor, layer: int | Sequence[int],

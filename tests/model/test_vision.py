@@ -147,10 +147,13 @@ def test_tower_is_cut_above_the_deepest_feature_layer(kind, registers, layer, ke
     assert torch.equal(ours, want)
 
 
-def test_truncated_tower_round_trips_save_load(tmp_path):
+@pytest.mark.parametrize("kind", ["siglip", "dinov2"])
+def test_truncated_tower_round_trips_save_load(tmp_path, kind):
+    """DINOv2's backbone config names a stage per layer: a cut config saved naming the uncut
+    output stage did not load (``out_features must be a subset of stage_names``)."""
     from transformers import AutoModelForImageTextToText
 
-    model, processor = build_model(_cfg("siglip", layer=-2))
+    model, processor = build_model(_cfg(kind, layer=-2))
     assert model.config.vision_config.num_hidden_layers == 1 and model.config.vision_feature_layer == 1
     model.save_pretrained(tmp_path)
     loaded, info = AutoModelForImageTextToText.from_pretrained(tmp_path, output_loading_info=True)
