@@ -75,6 +75,11 @@ class CompareTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         self._watch_compute_dtypes()
         self.resume_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        if self.resume_from and not os.path.lexists(os.path.join(self.resume_from, TRAINER_WEIGHTS)):
+            # a checkpoint of an earlier version holds only trainable.safetensors: add the alias
+            if self.args.should_save and os.path.isfile(os.path.join(self.resume_from, TRAINABLE)):
+                link_for_trainer(self.resume_from)
+            self.accelerator.wait_for_everyone()  # every rank's resume looks for it
         marker = read_marker(self.resume_from) if self.resume_from else None
         # The checkpoint holds the all-rank total; rank 0 carries it so the sum stays right.
         self._samples_seen = (marker or {}).get("samples_seen", 0) if self.args.process_index == 0 else 0

@@ -60,3 +60,15 @@ def test_rng_file_is_in_the_trainers_layout(tmp_path):
     expected = random.random()
     random.setstate(states["python"])
     assert random.random() == expected
+
+
+def test_a_checkpoint_gets_the_name_the_trainers_resume_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from llava_compare.train.trainer import TRAINER_WEIGHTS, link_for_trainer
+
+    save_file({"trained.weight": torch.ones(2)}, str(tmp_path / "trainable.safetensors"))
+    link_for_trainer(str(tmp_path))
+    link_for_trainer(str(tmp_path))  # again: replaces the link
+    alias = tmp_path / TRAINER_WEIGHTS
+    assert alias.is_symlink() and load_file(str(alias))["trained.weight"].tolist() == [1.0, 1.0]
