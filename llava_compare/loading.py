@@ -11,7 +11,8 @@ A stage output folder (written by :mod:`llava_compare.train.outputs`) holds:
 - ``trainable.safetensors``: every parameter this stage trained (LoRA, compressor, ...);
 - ``adapter/adapter_config.json``: the LoRA config, when the stage used LoRA (in a subfolder:
   transformers treats an ``adapter_config.json`` beside ``config.json`` as a PEFT-only folder).
-A ``checkpoint-N`` folder inside it holds that step's ``trainable.safetensors``.
+A ``checkpoint-N`` folder inside it holds that step's ``trainable.safetensors`` (and
+``model.safetensors``, a link to it: the name the Trainer's resume loads).
 
 :func:`load` is the one loader (train's ``init_from``, export, eval, generate). Its one rule for
 stage outputs: the model the stage started from (the base weights saved in the folder, else the

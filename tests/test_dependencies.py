@@ -1,5 +1,6 @@
-"""Dependencies: pyproject.toml bounds transformers (private Trainer methods are overridden), and
-constraints.txt pins the exact versions the suite passed on, which `make setup` installs with."""
+"""Dependencies: pyproject.toml bounds transformers to the 5.x releases the suite passes on (the
+trainer uses public Trainer API only), constraints.txt pins the exact versions the suite passed on,
+which `make setup` installs with, and `make test-latest` frees transformers alone."""
 
 from __future__ import annotations
 
@@ -57,7 +58,19 @@ def test_the_suite_runs_on_the_pinned_versions():
 def test_make_setup_installs_with_the_constraints():
     makefile = (ROOT / "Makefile").read_text()
     installs = [line for line in makefile.splitlines() if re.search(r"pip install .*-e ", line)]
-    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    assert installs and all("-c constraints.txt" in line or "-c $(LATEST)/constraints-latest.txt" in line
+                            for line in installs), installs
+
+
+def test_make_test_latest_frees_only_transformers_and_its_own_dependencies():
+    """test-latest installs under constraints.txt minus the pins of transformers and the packages
+    it needs, so only those move; the newest 5.x must be inside pyproject's range."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "test-latest:" in makefile and '"transformers>=5,<6"' in makefile
+    free = re.search(r"LATEST_FREE := \^\(([^)]*)\)==", makefile).group(1).split("|")
+    assert "transformers" in free and not {"torch", "peft", "accelerate", "deepspeed"} & set(free)
+    req = next(r for r in requirements() if r.name == "transformers")
+    assert req.specifier.contains("5.99.0") and not req.specifier.contains("6.0.0"), req
 
 
 def test_license_is_an_spdx_expression():

@@ -64,6 +64,21 @@ def plan_bins(lengths: Sequence[int], budget: int, row_tokens: int | None, seed:
     return [rows[i:i + per_bin] for i in range(0, len(rows), per_bin)]
 
 
+def plan_length_groups(lengths: Sequence[int], size: int, seed: int, mega: int = 50) -> list[list[int]]:
+    """Padded micro-batches of ``size`` samples of similar length (the idea of transformers'
+    ``LengthGroupedSampler``, from estimates, planned once): the order shuffled with ``seed``, each
+    run of ``mega * size`` samples sorted longest first and cut into groups, the groups shuffled."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    groups = []
+    for start in range(0, len(order), mega * size):
+        chunk = sorted(order[start:start + mega * size], key=lambda i: -lengths[i])
+        groups += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+    rng.shuffle(groups)
+    return groups
+
+
 @dataclass
 class PackedBin:
     """One planned micro-batch: rows of encoded samples (or ``SkippedSample`` markers)."""

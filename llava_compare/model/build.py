@@ -161,14 +161,12 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
         vision_feature_layer=model_cfg.get("vision_feature_layer", -2),
         vision_image_size=vcfg.get("input_size"),
     )
-    config.text_config._attn_implementation = attn
-    config.vision_config._attn_implementation = "sdpa" if attn == "flash_attention_2" else attn
+    vision_attn = "sdpa" if attn == "flash_attention_2" else attn  # the ViT has no FA2 path here
     # Loaded parts come in as they are; only the compressor and parts without a hub id / folder
     # (tiny, from config) are initialised -- never a random full-size LLM that is then replaced.
     vision = llm = None
     if vcfg.get("name_or_path"):
-        vision = load_tower(vcfg["name_or_path"], config.vision_config, dtype,
-                            config.vision_config._attn_implementation)
+        vision = load_tower(vcfg["name_or_path"], config.vision_config, dtype, vision_attn)
     quant = quantization_config(model_cfg)
     if tcfg.get("name_or_path"):
         placement = {} if quant is None else {"device_map": quantized_device_map()}  # this rank's GPU
@@ -176,6 +174,8 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
                                                    quantization_config=quant, **placement)
     torch.manual_seed(model_cfg.get("seed", 0))  # tiny parts and the compressor: fixed init
     model = LlavaCompareForConditionalGeneration(config, vision_tower=vision, language_model=llm)
+    # public API (not config._attn_implementation writes): checked, and dispatched to both towers
+    model.set_attn_implementation({"text_config": attn, "vision_config": vision_attn})
     padded = resize_embeddings(model, len(tokenizer))
     if is_zero3_partitioned(model):  # loaded into ZeRO-3 partitions in dtype; the compressor is not
         model.compressor.to(dtype)

@@ -8,8 +8,10 @@ attention kernel that will run (``model/attention.py``):
 - ``packing: true``: packed, in the layout the kernel calls for (one row, or rows no wider than
   the longest sample); with ``token_budget`` the micro-batches are planned at the sampler
   (``data/bins.py``): one bin of about ``token_budget`` tokens per micro-batch;
-- ``packing: false``: padded to the longest sample; ``group_by_length`` sorts samples of similar
-  length together first (LLaVA's ``group_by_modality_length`` idea).
+- ``packing: false``: padded to the longest sample; ``group_by_length`` puts samples of similar
+  estimated length into the same micro-batch (LLaVA's ``group_by_modality_length`` idea), planned
+  like the bins (``data/bins.py:plan_length_groups``): the Trainer's random sampler then shuffles
+  whole micro-batches, and no sampler override is needed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ..data.bins import BinnedDataset, plan_bins
+from ..data.bins import BinnedDataset, plan_bins, plan_length_groups
 from ..data.collator import CompareCollator
 from ..data.dataset import CompareDataset
 from ..model.attention import packs_in_one_row, resolve_attn_implementation, warn_packing_cost
@@ -44,6 +46,11 @@ class Batching:
     @property
     def binned(self) -> bool:
         return self.token_budget is not None
+
+    @property
+    def planned(self) -> bool:
+        """Micro-batches are planned into the dataset (one item = one micro-batch)."""
+        return self.binned or self.group_by_length
 
     def describe(self) -> str:
         if not self.packed:
@@ -72,10 +79,15 @@ def batching(cfg: DictConfig) -> Batching:
     return Batching(kernel, packed, one_row, grouped, data.token_budget if packed else None, data.pack_window)
 
 
-def training_set(plan: Batching, dataset: CompareDataset, seed: int) -> Any:
-    """What the Trainer iterates: the samples, or (token budget) the planned bins."""
+def training_set(plan: Batching, dataset: CompareDataset, seed: int, batch_size: int = 1) -> Any:
+    """What the Trainer iterates: the samples, or planned micro-batches: groups of ``batch_size``
+    samples of similar estimated length, or (token budget) bins."""
     if plan.packed:
         warn_packing_cost(plan.kernel)
+    if plan.group_by_length:
+        groups = plan_length_groups(dataset.estimated_lengths(), batch_size, seed)
+        log.info("%d samples in %d length-grouped micro-batches of <= %d", len(dataset), len(groups), batch_size)
+        return BinnedDataset(dataset, [[group] for group in groups])
     if not plan.binned:
         return dataset
     lengths = dataset.estimated_lengths()

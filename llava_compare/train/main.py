@@ -168,18 +168,19 @@ def training_args(cfg: DictConfig, plan: Batching | None = None) -> TrainingArgu
     bf16 = use_bf16(cfg)
     return TrainingArguments(
         output_dir=cfg.output_dir, run_name=cfg.run_name, seed=cfg.seed, data_seed=cfg.seed,
-        # a planned bin is a whole micro-batch: the Trainer draws one per step of each rank
-        per_device_train_batch_size=1 if plan.binned else o.per_device_batch_size,
+        # a planned bin (length group or token budget) is a whole micro-batch: the Trainer's own
+        # random sampler draws one per step of each rank
+        per_device_train_batch_size=1 if plan.planned else o.per_device_batch_size,
         gradient_accumulation_steps=o.global_batch_size // per_step,
         learning_rate=o.lr, weight_decay=o.weight_decay, lr_scheduler_type=o.scheduler,
         warmup_steps=o.warmup_ratio, num_train_epochs=o.epochs, max_steps=o.max_steps,
         max_grad_norm=o.max_grad_norm, bf16=bf16, activation_checkpointing=o.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=cfg.logger.logging_steps, report_to=[] if cfg.logger.report_to == "none" else [cfg.logger.report_to],
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        # no save_total_limit: CompareTrainer keeps cfg.save_total_limit complete checkpoints itself
+        save_strategy="steps", save_steps=cfg.save_steps,
         dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False,
         ddp_find_unused_parameters=False, **dist_kwargs(cfg),
-        train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
         disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
     )
 
@@ -200,11 +201,14 @@ def dist_kwargs(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError("QLoRA (4-bit LLM) does not work with DeepSpeed ZeRO-3: bitsandbytes' "
                              "4-bit weights cannot be partitioned. Use dist=zero2 or dist=ddp (the "
                              "4-bit LLM already fits: ~4 GB for 7B).")
-        return {"deepspeed": str(path)}
+        # save_only_model: the engine checkpoint, scheduler and RNG are written by CompareTrainer's
+        # checkpoint callback, without the frozen weights (engine_state.py)
+        return {"deepspeed": str(path), "save_only_model": True}
     if d.fsdp2:
         refuse_unsupported(OmegaConf.to_container(d), OmegaConf.to_container(cfg.model))
         # The model arrives sharded (train/fsdp.py); the Trainer checkpoints no optimizer state for
-        # such a model unless told to save only the model: CompareTrainer writes that state itself.
+        # such a model unless told to save only the model: CompareTrainer writes that state itself
+        # (engine_state.py). FSDP is never passed to TrainingArguments (no `fsdp=` string).
         return {"save_only_model": True}
     return {}
 
@@ -261,11 +265,11 @@ def run(cfg: DictConfig) -> RunResult:
     skips = SkipMonitor(cfg.data.log_skips_every, cfg.data.max_skip_rate, cfg.data.skip_rate_min_samples)
     log.info("batches: %s", plan.describe())
     trainer = CompareTrainer(
-        model=model, args=args, train_dataset=training_set(plan, train_set, cfg.seed),
+        model=model, args=args, train_dataset=training_set(plan, train_set, cfg.seed, cfg.optim.per_device_batch_size),
         data_collator=FillSkippedBatches(collator(plan, processor.tokenizer.pad_token_id),
                                          filler=first_usable_sample(train_set)),
         processing_class=processor,
-        optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips,
+        optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips, keep_checkpoints=cfg.save_total_limit,
     )
     result = trainer.train(resume_from_checkpoint=start)
     metrics = finish(cfg, trainer, train_set, skips, result, at_load)

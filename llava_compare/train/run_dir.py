@@ -3,7 +3,8 @@
 An *existing run* is an ``output_dir`` that holds a ``checkpoint-N`` folder or a finished stage
 output (``trainable.safetensors``). The files every run writes at start (``config.json``,
 processor files, ``llava_compare.json``, a built base's ``model.safetensors``) do not count on
-their own: a run killed before its first checkpoint has nothing to lose.
+their own, nor does a checkpoint whose save was killed (``checkpoints.is_torn``; deleted here at
+start): a run killed before its first checkpoint completed has nothing to lose.
 
 - ``resume=auto`` (default): continue from the newest *complete* checkpoint; a fresh start when
   there is no existing run; refused when there is one but no complete checkpoint (that would
@@ -21,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from ..loading import ADAPTER_DIR, COMPRESSOR, TRAINABLE
-from .checkpoints import all_checkpoints, clear_staging, is_complete, newest_complete
+from .checkpoints import all_checkpoints, clear_staging, clear_torn, is_complete, is_torn, newest_complete
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class OutputDirError(RuntimeError):
 def existing_run(output_dir: str | Path) -> str | None:
     """What makes ``output_dir`` an existing run, in words; None when it is not one."""
     out = Path(output_dir)
-    found = [p.name for p in all_checkpoints(out)]
+    found = [p.name for p in all_checkpoints(out) if not is_torn(p)]
     if (out / TRAINABLE).is_file():
         found.append(f"a finished stage output ({TRAINABLE})")
     return ", ".join(found) or None
@@ -46,7 +47,11 @@ def choose_start(output_dir: str, resume: str, overwrite: bool, is_main: bool) -
     """The checkpoint to resume from (None: start fresh), or :class:`OutputDirError`.
 
     Call it before writing anything into ``output_dir``; every rank calls it and decides the same.
-    Only the main process (``is_main``) deletes a previous run under ``overwrite``."""
+    Only the main process (``is_main``) deletes: a previous run under ``overwrite``, and the
+    folders of killed saves (every rank ignores those either way)."""
+    if is_main and Path(output_dir).is_dir():
+        for torn in clear_torn(output_dir):
+            log.info("removed %s: its save was killed before it completed", torn)
     if overwrite:
         if resume not in ("auto", "never"):
             raise OutputDirError(f"overwrite=true starts fresh, but resume={resume} asks to continue: "

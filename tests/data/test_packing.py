@@ -112,12 +112,11 @@ def attention(request, tiny):
             yield request.param, calls, BF16_LOGITS_ATOL
         return
     kernel, bf16 = request.param.removesuffix("_bf16"), request.param.endswith("_bf16")
-    config = model.language_model.config
-    before = config._attn_implementation
-    config._attn_implementation = kernel
+    before = model.language_model.config._attn_implementation
+    model.set_attn_implementation({"text_config": kernel})
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         yield request.param, None, BF16_LOGITS_ATOL if bf16 else 1e-5
-    config._attn_implementation = before
+    model.set_attn_implementation({"text_config": before})
 
 
 def _assert_kernel_calls(calls: KernelCalls | None, model, kind: str, cu_seqlens: list[int] | None) -> None:

@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from llava_compare.data.bins import best_fit_decreasing, plan_bins
+from llava_compare.data.bins import BinnedDataset, best_fit_decreasing, plan_bins, plan_length_groups
 from llava_compare.model import attention
-from llava_compare.train.batching import batching
+from llava_compare.train.batching import batching, training_set
 from llava_compare.train.config import REPO_ROOT, compose_config
 from tests.conftest import stage_cfg
 
@@ -176,6 +176,43 @@ def test_binned_run_logs_each_step_and_normalises_over_the_accumulated_batch(syn
     logged = [h for h in grads.logs if "samples_per_step" in h]
     assert len(logged) == 1 and logged[0]["samples_per_step"] == len(dataset)
     assert 0 < logged[0]["useful_token_fraction"] <= 1 and logged[0]["tokens_per_step"] > 0
+
+
+def test_length_groups_hold_every_sample_once_in_groups_of_similar_length():
+    """group_by_length without a sampler override: micro-batches of ``size`` samples planned from
+    the estimates (sorted within each run of 50 groups), then shuffled; a pure function of the seed."""
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 1000) for _ in range(1003)]
+    groups = plan_length_groups(lengths, 4, seed=7)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert sorted(len(g) for g in groups) == [3] + [4] * 250  # 1003 = 250 x 4 + 3
+    assert plan_length_groups(lengths, 4, seed=7) == groups and plan_length_groups(lengths, 4, seed=8) != groups
+    spread = sum(max(lengths[i] for i in g) - min(lengths[i] for i in g) for g in groups) / len(groups)
+    shuffled = [list(range(len(lengths)))[i:i + 4] for i in range(0, len(lengths), 4)]
+    random_spread = sum(max(lengths[i] for i in g) - min(lengths[i] for i in g) for g in shuffled) / len(shuffled)
+    assert spread < random_spread / 10  # padding to the group's longest wastes little
+
+
+def test_a_length_grouped_run_gives_the_trainer_one_planned_group_per_micro_batch():
+    """The Trainer's own random sampler draws whole groups: per-device batch 1, each item a group
+    of ``optim.per_device_batch_size`` samples."""
+    from llava_compare.train.main import training_args
+
+    cfg = compose_config(["recipe=tiny_demo_stage2", "data.packing=false", "data.group_by_length=true",
+                          "optim.per_device_batch_size=4", "optim.global_batch_size=8"])
+    plan = batching(cfg)
+    assert plan.group_by_length and plan.planned
+    args = training_args(cfg, plan)
+    assert args.per_device_train_batch_size == 1 and args.gradient_accumulation_steps == 2
+
+    class Estimated(list):
+        max_length = 512
+
+        def estimated_lengths(self):
+            return [10 * (i % 7) + 5 for i in range(len(self))]
+
+    grouped = training_set(plan, Estimated(range(10)), seed=0, batch_size=4)
+    assert isinstance(grouped, BinnedDataset) and sorted(len(b[0]) for b in grouped.bins) == [2, 4, 4]
 
 
 def _with_callback(trainer_cls, callback):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from llava_compare.train.checkpoints import (COMPLETE, STAGING, commit, is_complete, newest_complete, prune,
-                                             staging_root, write_marker)
+from llava_compare.train.checkpoints import (COMPLETE, STAGING, WRITING, begin, clear_torn, commit, is_complete,
+                                             is_torn, newest_complete, prune, staging_root, write_marker)
 from llava_compare.train.run_dir import OutputDirError, choose_start, existing_run
 
 
@@ -45,6 +45,35 @@ def test_commit_renames_into_place_and_replaces_a_same_step_folder(tmp_path):
     target = commit(staged, tmp_path)
     assert target == tmp_path / "checkpoint-4" and is_complete(target)
     assert not staged.exists() and not (target / "stale.bin").exists()
+
+
+def test_a_save_is_torn_from_begin_until_its_marker(tmp_path):
+    """The protocol of checkpoint_callback: begin (in-progress mark) -> the Trainer's files ->
+    write_marker (complete, mark removed); a save killed in between is torn, never resumed from,
+    not an existing run, and deleted at the next start."""
+    old = fake_checkpoint(tmp_path, 4)  # a complete step-4 folder of an earlier attempt
+    (old / "stale.bin").write_bytes(b"old")
+    folder = begin(tmp_path, 4)
+    assert folder == old and not (folder / "stale.bin").exists() and is_torn(folder)
+    (folder / "trainable.safetensors").write_bytes(b"w")  # killed here
+    fake_checkpoint(tmp_path, 2)
+    assert newest_complete(tmp_path).name == "checkpoint-2" and existing_run(tmp_path) == "checkpoint-2"
+    assert choose_start(str(tmp_path), "auto", False, is_main=True).endswith("checkpoint-2")
+    assert not folder.exists() and not (tmp_path / STAGING).exists()  # the main process removed it
+
+    folder = begin(tmp_path, 4)
+    (folder / "trainable.safetensors").write_bytes(b"w")
+    write_marker(folder, {"step": 4})
+    assert is_complete(folder) and not is_torn(folder) and not (folder / WRITING).exists()
+    assert json.loads((folder / COMPLETE).read_text())["files"] == ["trainable.safetensors"]
+    assert clear_torn(tmp_path) == [] and newest_complete(tmp_path) == folder
+
+
+def test_only_our_torn_saves_are_deleted(tmp_path):
+    unmarked = fake_checkpoint(tmp_path, 3, complete=False)  # another tool's or an older version's
+    begin(tmp_path, 6)
+    assert [p.name for p in clear_torn(tmp_path)] == ["checkpoint-6"]
+    assert unmarked.exists() and existing_run(tmp_path) == "checkpoint-3"
 
 
 def test_prune_keeps_the_newest_complete_ones_and_leaves_unmarked_folders(tmp_path):

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from llava_compare.train.checkpoints import STAGING, is_complete
+from llava_compare.train.checkpoints import STAGING, WRITING, is_complete, is_torn
 from llava_compare.train.fault_injection import ENV
 from tests.conftest import LORA, TINY_OVERRIDES
 from tests.train.torchrun import TORCHRUN, run_with_deadline
@@ -94,12 +94,13 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, extra, syn
     assert ref.returncode == 0, ref.stderr[-3000:]
     out = tmp_path / "killed"
 
-    # 1. killed inside checkpoint 4's write: only a torn staging copy of it exists
+    # 1. killed inside checkpoint 4's write: checkpoint-4 is torn (marked as being written, never
+    #    complete), so it does not count
     proc = train(launcher, synth_dir, out, kill="save:4", extra=extra)
     assert sigkilled(proc, launcher), proc.stderr[-3000:]
-    assert complete(out) == ["checkpoint-2"] and not (out / "checkpoint-4").exists()
-    assert (out / STAGING / "checkpoint-4" / "trainable.safetensors").is_file()
-    assert not (out / STAGING / "checkpoint-4" / "trainer_state.json").exists()
+    assert complete(out) == ["checkpoint-2"] and is_torn(out / "checkpoint-4")
+    assert (out / "checkpoint-4" / "trainable.safetensors").is_file()
+    assert not (out / "checkpoint-4" / "trainer_state.json").exists()
 
     # 2. resumes from checkpoint-2 past the torn save, then is killed during step 5 (rank 1 only
     #    under torchrun: a lost worker; torchrun takes the other one down)
@@ -107,12 +108,15 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, extra, syn
     assert sigkilled(proc, launcher), proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and "checkpoint-2" in proc.stderr
     assert complete(out) == ["checkpoint-2", "checkpoint-4"] and not (out / STAGING).exists()
+    assert not (out / "checkpoint-4" / WRITING).exists()  # removed at start, written again, completed
     assert not (out / "trainable.safetensors").exists()
 
     # 3. resumes from checkpoint-4 and finishes
     proc = train(launcher, synth_dir, out, extra=extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and "checkpoint-4" in proc.stderr
+    # the Trainer's own resume loaded the trained-only file: the frozen base is not "missing"
+    assert "missing keys" not in proc.stderr and "Can't find a valid checkpoint" not in proc.stderr
 
     assert_same_weights(tmp_path / "straight", out, launcher)
     assert samples_seen(out) == samples_seen(tmp_path / "straight")
@@ -128,7 +132,7 @@ ENGINES = {"zero2": "DeepSpeedEngine ZeRO-2", "zero3": "DeepSpeedEngine ZeRO-3",
 # through that mode's own code (DeepSpeed's engine checkpoint, FSDP2's distributed checkpoint).
 OPTIMIZER_STATE = {"zero2": "global_step4", "zero3": "global_step4", "fsdp": "fsdp2_optim_state"}
 # LoRA dropout draws from each rank's RNG: the resumed run matches only if every rank's RNG state
-# came back too (under FSDP2 written by CompareTrainer._save_fsdp2_state, not the Trainer).
+# came back too (under DeepSpeed and FSDP2 written by CompareTrainer's checkpoint callback, not the Trainer).
 DROPOUT = ("peft.dropout=0.1",)
 
 
@@ -161,7 +165,7 @@ def test_sharded_run_sigkilled_mid_step_resumes_to_the_uninterrupted_weights(dis
 
     proc = train("torchrun", synth_dir, out, dist=dist, extra=DROPOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resuming from {out / 'checkpoint-4'}" in proc.stderr
+    assert f"resuming from {out / 'checkpoint-4'}" in proc.stderr and "missing keys" not in proc.stderr
     assert_engine(out, dist)
     assert_same_weights(tmp_path / "straight", out, dist)
     assert samples_seen(out) == samples_seen(tmp_path / "straight") == STEPS * GLOBAL_BATCH
