@@ -11,7 +11,7 @@ from .items import Item, Slot, random_gain, rnd, scene_extra
 from .scene import Obj, Scene, random_scene, render
 
 
-_BACKGROUND_WORDS = {"stripes": "striped", "checker": "checkered", "noise": "noisy"}
+_BACKGROUND_WORDS = {"stripes": "striped", "checker": "checkered", "noise": "blotchy", "fractal": "mottled"}
 
 
 _CAPTION_PROMPT = "Describe the image briefly."
@@ -48,4 +48,4 @@ def make_caption(rng: np.random.Generator, ctx: Ctx, slot: Slot) -> Item:
     gain = random_gain(rng, ctx)
     blur = rnd(blur_64 * ctx.scale)
     extra = scene_extra(scene, 1, [blur], [gain])
-    return Item([render(scene, blur, gain)], _CAPTION_PROMPT, _caption(scene, blur_64, gain), None, extra)
+    return Item([render(scene, blur, gain, rng)], _CAPTION_PROMPT, _caption(scene, blur_64, gain), None, extra)

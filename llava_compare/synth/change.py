@@ -87,6 +87,6 @@ def make_change(rng: np.random.Generator, ctx: Ctx, slot: Slot) -> Item:
         raise ValueError("could not build a 'change' sample; lower object_count or object_radius")
     after, sentence = changed
     blur, gain = content_blur(rng, ctx), random_gain(rng, ctx)
-    images = [render(s, blur, gain) for s in (before, after)]
+    images = [render(s, blur, gain, rng) for s in (before, after)]
     extra = scene_extra(before, 2, [blur] * 2, [gain] * 2) | {"change_type": slot.change_type}
     return Item(images, pick(rng, _CHANGE_TEMPLATES), sentence, None, extra)

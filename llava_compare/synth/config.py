@@ -5,7 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-TASKS: tuple[str, ...] = ("brightness", "blur", "count", "change", "sharpest")
+TASKS: tuple[str, ...] = ("brightness", "blur", "count", "change", "sharpest", "brightest", "most")
+
+
+#: Per multiple-choice task: the image property it compares and the directions it is asked in, each
+#: with whether the answer holds the property's highest value. Two-image tasks ask both ways, so a
+#: model cannot learn one answer per property; the 3-4-image tasks ask for one extreme.
+DIRECTIONS: dict[str, dict[str, bool]] = {
+    "brightness": {"brighter": True, "darker": False},
+    "blur": {"blurrier": True, "sharper": False},
+    "count": {"more": True, "fewer": False},
+    "sharpest": {"sharpest": False},
+    "brightest": {"brightest": True},
+    "most": {"most": True},
+}
+
+
+#: Tasks whose samples hold ``Difficulty.multi_images`` images; the others hold two.
+MULTI_IMAGE_TASKS: tuple[str, ...] = ("sharpest", "brightest", "most")
 
 
 CHANGE_TYPES: tuple[str, ...] = ("colour", "shape", "position")
@@ -14,7 +31,7 @@ CHANGE_TYPES: tuple[str, ...] = ("colour", "shape", "position")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
 
-BACKGROUNDS: tuple[str, ...] = ("stripes", "checker", "noise")
+BACKGROUNDS: tuple[str, ...] = ("stripes", "checker", "noise", "fractal")
 
 
 # Saturated colours on muted grey backgrounds keep objects easy to tell apart at 64 px.
@@ -65,11 +82,23 @@ class Difficulty:
     #: Objects per image (inclusive); the count task needs at least two distinct values.
     object_count: tuple[int, int] = (1, 5)
     #: Object radius range.
-    object_radius: tuple[float, float] = (4.5, 7.0)
-    #: Number of images a ``sharpest`` sample may have (used round robin).
-    sharpest_images: tuple[int, ...] = (3, 4)
+    object_radius: tuple[float, float] = (3.5, 7.5)
+    #: Number of images a 3-4-image task's sample may have (balanced).
+    multi_images: tuple[int, ...] = (3, 4)
     #: Background textures to draw from.
     backgrounds: tuple[str, ...] = BACKGROUNDS
+    #: Photograph-like nuisances, so a comparison is learned as a property of the image rather
+    #: than of flat synthetic scenes. Background texture contrast (grey levels):
+    background_contrast: tuple[float, float] = (15.0, 80.0)
+    #: Per-channel colour cast of the background and per-object colour jitter (grey levels).
+    colour_cast: float = 35.0
+    colour_jitter: float = 30.0
+    #: Fine grain of scene texture (relative amplitude), blurred with the scene like real detail.
+    grain: tuple[float, float] = (0.0, 0.12)
+    #: Strength of a smooth illumination falloff across the scene (0: flat lighting).
+    illumination: tuple[float, float] = (0.0, 0.35)
+    #: Sensor noise std (grey levels), drawn per sample, added after blur and gain.
+    sensor_noise: tuple[float, float] = (0.0, 4.0)
 
     def __post_init__(self) -> None:
         _check_range("brightness_ratio", self.brightness_ratio, low=1.0, strict_low=True)
@@ -89,8 +118,12 @@ class Difficulty:
         if self.object_count[1] > MAX_OBJECTS:
             # The change task needs a distinct (colour, shape) per object to name it unambiguously.
             raise ValueError(f"object_count high must be <= {MAX_OBJECTS}, got {self.object_count}")
-        if not self.sharpest_images or any(k < 2 for k in self.sharpest_images):
-            raise ValueError(f"sharpest_images must be non-empty counts >= 2, got {self.sharpest_images}")
+        if not self.multi_images or any(k < 2 for k in self.multi_images):
+            raise ValueError(f"multi_images must be non-empty counts >= 2, got {self.multi_images}")
+        for name in ("background_contrast", "grain", "illumination", "sensor_noise"):
+            _check_range(name, getattr(self, name), low=0.0)
+        if self.illumination[1] >= 1:
+            raise ValueError(f"illumination must stay below 1 (it darkens by up to that share), got {self.illumination}")
         unknown = sorted(set(self.backgrounds) - set(BACKGROUNDS))
         if unknown or not self.backgrounds:
             raise ValueError(f"unknown backgrounds {unknown}; valid: {', '.join(BACKGROUNDS)}")

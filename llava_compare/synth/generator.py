@@ -11,11 +11,13 @@ Layout written under ``OUT``::
     captions.json              single-image captions for stage-1 (projector) training
     meta.json                  seed, config, counts, version
 
-Tasks: ``brightness`` / ``blur`` / ``count`` (2 images, "Image 1" or "Image 2"), ``change``
-(2 images, free-text answer) and ``sharpest`` (3-4 images, "Image 1".."Image k").
+Tasks: ``brightness`` / ``blur`` / ``count`` (2 images, asked both ways: brighter or darker,
+blurrier or sharper, more or fewer objects; "Image 1" or "Image 2"), ``change`` (2 images,
+free-text answer), and ``sharpest`` / ``brightest`` / ``most`` (3-4 images, "Image 1".."Image k").
+Multiple-choice records carry the ``direction`` asked.
 
-Guarantees: the same seed gives byte-identical files; the correct option's position is balanced
-per task (and per image count); no eval image is byte-equal to any train or caption image.
+Guarantees: the same seed gives byte-identical files; directions are balanced per task and the
+correct option's position per (task, direction, image count); no eval image is byte-equal to any train or caption image.
 
 CLI: ``python -m llava_compare.synth OUT --train 2000 --eval 200 --seed 0``.
 """
@@ -34,17 +36,17 @@ import numpy as np
 from PIL import Image
 
 from ..data.sample import IMAGE_PLACEHOLDER
-from .blur import make_blur, make_sharpest
+from .blur import make_blur
 from .brightness import make_brightness
 from .caption import make_caption
 from .change import make_change
-from .config import CHANGE_TYPES, Ctx, Difficulty, MAX_COLLISION_TRIES, MIN_IMAGE_SIZE, TASKS
+from .config import CHANGE_TYPES, DIRECTIONS, MULTI_IMAGE_TASKS, Ctx, Difficulty, MAX_COLLISION_TRIES, MIN_IMAGE_SIZE, TASKS
 from .count import make_count
 from .items import Item, Slot
 from .scene import image_hash
 
 #: Bumped whenever the same seed would produce different files, so stale data can be detected.
-VERSION = 1
+VERSION = 2
 
 
 _MAKERS: dict[str, Callable[[np.random.Generator, Ctx, Slot], Item]] = {
@@ -52,7 +54,9 @@ _MAKERS: dict[str, Callable[[np.random.Generator, Ctx, Slot], Item]] = {
     "blur": make_blur,
     "count": make_count,
     "change": make_change,
-    "sharpest": make_sharpest,
+    "sharpest": make_blur,
+    "brightest": make_brightness,
+    "most": make_count,
 }
 
 
@@ -79,7 +83,8 @@ def _task_sequence(n: int, tasks: Sequence[str], weights: Mapping[str, float] | 
 
 def _plan_split(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Generator,
                 weights: Mapping[str, float] | None = None) -> list[Slot]:
-    """Tasks by :func:`_task_sequence`; per task (and per image count), balance answer positions."""
+    """Tasks by :func:`_task_sequence`; per task, balance directions, then per (direction, image
+    count) answer positions."""
     slot_tasks = _task_sequence(n, tasks, weights)
     slots: list[Slot | None] = [None] * n
     for task in tasks:
@@ -88,13 +93,16 @@ def _plan_split(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Ge
             for i, c in zip(idx, _balanced(len(idx), len(CHANGE_TYPES), rng)):
                 slots[i] = Slot(task, 2, change_type=CHANGE_TYPES[c])
             continue
-        choices = cfg.sharpest_images if task == "sharpest" else (2,)
+        directions = list(DIRECTIONS[task])
+        dirs = [directions[c] for c in _balanced(len(idx), len(directions), rng)]
+        choices = cfg.multi_images if task in MULTI_IMAGE_TASKS else (2,)
         ks = [choices[c] for c in _balanced(len(idx), len(choices), rng)]
-        # Balancing per image count means "4 images" never hints at which position is right.
-        for k in sorted(set(ks)):
-            group = [i for i, kk in zip(idx, ks) if kk == k]
+        # Balancing per (direction, image count) means neither the question nor "4 images" hints
+        # at which position is right.
+        for d, k in sorted(set(zip(dirs, ks))):
+            group = [i for i, dd, kk in zip(idx, dirs, ks) if (dd, kk) == (d, k)]
             for i, pos in zip(group, _balanced(len(group), k, rng)):
-                slots[i] = Slot(task, k, answer_idx=pos)
+                slots[i] = Slot(task, k, answer_idx=pos, direction=d)
     return [s for s in slots if s is not None]
 
 
@@ -252,17 +260,20 @@ def settings_mismatch(
     image_size: int = 64,
     n_captions: int | None = None,
     train_weights: Mapping[str, float] | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> str | None:
     """None when ``out_dir`` holds what :func:`generate` writes for these arguments (read from its
     meta.json, which is written last); otherwise why not, in words. The signature mirrors
-    :func:`generate`'s, less ``tasks`` and ``config``, which training configs do not set."""
+    :func:`generate`'s, less ``config``, which training configs do not set."""
     meta_file = Path(out_dir) / "meta.json"
     if not meta_file.is_file():
         return f"no {meta_file} yet"
     meta = json.loads(meta_file.read_text())
     want = {"seed": seed, "image_size": image_size, "train_weights": dict(train_weights) if train_weights else None,
+            "tasks": list(TASKS if tasks is None else tasks), "version": VERSION,
             "counts": {"train": n_train, "eval": n_eval, "captions": _caption_count(n_train, n_captions)}}
     have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "train_weights": meta.get("train_weights"),
+            "tasks": meta.get("tasks"), "version": meta.get("version"),
             "counts": {split: sum(c.values()) for split, c in meta.get("counts", {}).items()}}
     return None if have == want else f"it was made with {have}, not {want}"
 

@@ -1,4 +1,5 @@
-"""Scenes (a textured background plus coloured shapes) and their rendering with blur and gain."""
+"""Scenes (a textured background plus coloured shapes, under uneven light, with fine grain) and their
+rendering with blur, gain and sensor noise."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ class Obj:
     x: int
     y: int
     r: int
+    jitter: tuple[int, int, int] = (0, 0, 0)  # per-channel offset from the named colour
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        base = COLOURS[self.colour]
+        return tuple(int(min(255, max(0, c + j))) for c, j in zip(base, self.jitter))  # type: ignore[return-value]
 
     @property
     def extent(self) -> float:
@@ -29,19 +36,45 @@ class Obj:
 
 @dataclass(frozen=True)
 class Scene:
-    background: np.ndarray  # (H, W, 3) uint8, shared by every image of a sample
+    """What every image of a sample shares; the images differ in objects, blur, gain and noise draw."""
+
+    background: np.ndarray  # (H, W, 3) uint8
     bg_kind: str
     objects: tuple[Obj, ...]
+    light: np.ndarray  # (H, W) float32 in (0, 1]: illumination falloff over background and objects
+    grain: np.ndarray  # (H, W) float32, zero-mean relative texture over background and objects
+    noise: float = 0.0  # sensor noise std (grey levels) of every image of the sample
 
 
-def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
-    """A textured (hard-edged) grey-ish background, so blur is visible everywhere in the image."""
-    base = rng.uniform(70, 150)
-    contrast = rng.uniform(35, 70)
-    tint = rng.uniform(-15, 15, size=3)
-    levels = _texture_levels(rng, size, kind)  # values in [0, 1]
-    img = base + contrast * levels[..., None] + tint
+def _background(rng: np.random.Generator, ctx: Ctx, kind: str) -> np.ndarray:
+    """A textured, colour-cast background with hard edges or fine detail, so blur is visible
+    everywhere in the image."""
+    cfg = ctx.cfg
+    base = rng.uniform(60, 170)
+    contrast = rng.uniform(*cfg.background_contrast)
+    tint = rng.uniform(-cfg.colour_cast, cfg.colour_cast, size=3)
+    levels = _texture_levels(rng, ctx.size, kind)  # values in [0, 1]
+    img = base - contrast / 2 + contrast * levels[..., None] + tint
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _light(rng: np.random.Generator, ctx: Ctx) -> np.ndarray:
+    """A smooth illumination field: a linear or radial falloff of random direction and strength."""
+    yy, xx = _grid(ctx.size)
+    strength = rng.uniform(*ctx.cfg.illumination)
+    if rng.random() < 0.5:
+        angle = rng.uniform(0, 2 * np.pi)
+        t = xx * np.cos(angle) + yy * np.sin(angle)
+    else:
+        cy, cx = rng.uniform(0, ctx.size, size=2)
+        t = np.hypot(yy - cy, xx - cx)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    return (1.0 - strength * t).astype(np.float32)
+
+
+def _grain(rng: np.random.Generator, ctx: Ctx) -> np.ndarray:
+    amp = rng.uniform(*ctx.cfg.grain)
+    return (amp * rng.standard_normal((ctx.size, ctx.size))).astype(np.float32)
 
 
 @lru_cache(maxsize=8)
@@ -64,6 +97,15 @@ def _texture_levels(rng: np.random.Generator, size: int, kind: str) -> np.ndarra
         cell = rng.uniform(size / 8, size / 4)
         ox, oy = rng.uniform(0, cell, size=2)
         return (((xx + ox) // cell + (yy + oy) // cell) % 2).astype(np.float32)
+    if kind == "fractal":
+        # Value noise summed over octaves (coarse to 2 px detail), like natural texture: the fine
+        # octaves are what blur removes.
+        total = np.zeros((size, size), np.float32)
+        for octave, cells in enumerate((4, 8, 16, max(4, size // 2))):
+            small = rng.random((cells, cells)).astype(np.float32)
+            up = np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC))
+            total += up / (octave + 1)
+        return (total - total.min()) / max(float(total.max() - total.min()), 1e-6)
     # "noise": low-frequency noise quantised to 3 levels, giving blobs with sharp borders (smooth
     # noise alone would hide blur, since blurring a smooth image barely changes it).
     grid = int(rng.integers(4, 9))
@@ -91,7 +133,9 @@ def _random_obj(rng: np.random.Generator, ctx: Ctx, taken: set[tuple[str, str]])
     lo, hi = ctx.cfg.object_radius
     r = int(round(rng.uniform(lo, hi) * ctx.scale))
     x, y = (int(v) for v in rng.integers(0, ctx.size, size=2))
-    return Obj(shape, colour, x, y, r)
+    j = int(ctx.cfg.colour_jitter)
+    jitter = tuple(int(v) for v in rng.integers(-j, j + 1, size=3))
+    return Obj(shape, colour, x, y, r, jitter)  # type: ignore[arg-type]
 
 
 def place_objects(rng: np.random.Generator, ctx: Ctx, n: int, unique: bool) -> tuple[Obj, ...]:
@@ -122,17 +166,19 @@ def _random_count(rng: np.random.Generator, ctx: Ctx) -> int:
 def random_scene(rng: np.random.Generator, ctx: Ctx, n: int | None = None, unique: bool = False) -> Scene:
     kinds = ctx.cfg.backgrounds
     kind = kinds[int(rng.integers(len(kinds)))]
-    bg = _background(rng, ctx.size, kind)
+    bg = _background(rng, ctx, kind)
+    light, grain = _light(rng, ctx), _grain(rng, ctx)
+    noise = float(round(rng.uniform(*ctx.cfg.sensor_noise), 3))
     n = _random_count(rng, ctx) if n is None else n
-    return Scene(bg, kind, place_objects(rng, ctx, n, unique))
+    return Scene(bg, kind, place_objects(rng, ctx, n, unique), light, grain, noise)
 
 
 def draw(scene: Scene) -> Image.Image:
-    """The scene as a sharp, full-brightness PIL image."""
+    """The scene as a sharp, full-gain PIL image: shapes on the background, then grain and light."""
     img = Image.fromarray(scene.background)
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        fill = COLOURS[o.colour]
+        fill = o.rgb
         if o.shape == "circle":
             draw.ellipse((o.x - o.r, o.y - o.r, o.x + o.r, o.y + o.r), fill=fill)
         elif o.shape == "square":
@@ -141,15 +187,19 @@ def draw(scene: Scene) -> Image.Image:
         else:  # upward triangle, circumradius 1.15 r so it is not visibly smaller than the others
             pts = [(o.x + o.extent * np.sin(a), o.y - o.extent * np.cos(a)) for a in (0, 2.0944, 4.1888)]
             draw.polygon([(float(px), float(py)) for px, py in pts], fill=fill)
-    return img
+    arr = np.asarray(img, dtype=np.float32) * ((1.0 + scene.grain) * scene.light)[..., None]
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
-def render(scene: Scene, blur_px: float, gain: float) -> np.ndarray:
-    """Draw, blur, then scale brightness by ``gain`` (<= 1, so nothing clips)."""
+def render(scene: Scene, blur_px: float, gain: float, rng: np.random.Generator) -> np.ndarray:
+    """Draw, blur, scale brightness by ``gain`` (<= 1), then add the scene's sensor noise (its own
+    draw per image, as a camera's)."""
     img = draw(scene)
     if blur_px > 0:
         img = img.filter(ImageFilter.GaussianBlur(blur_px))
     arr = np.asarray(img, dtype=np.float32) * gain
+    if scene.noise > 0:
+        arr = arr + rng.normal(0.0, scene.noise, size=arr.shape).astype(np.float32)
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 

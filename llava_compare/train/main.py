@@ -63,7 +63,7 @@ def ensure_synth_data(cfg: DictConfig) -> None:
     weights = OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
     args = (synth.dir, synth.n_train, synth.n_eval)
     kwargs = {"seed": synth.seed, "image_size": synth.image_size, "n_captions": synth.n_captions,
-              "train_weights": weights}
+              "train_weights": weights, "tasks": list(synth.tasks) if synth.tasks else None}
     why = settings_mismatch(*args, **kwargs) if rank() == 0 else None
     if why:
         log.info("generating synthetic data into %s (%s)", synth.dir, why)

@@ -75,6 +75,8 @@ class SynthConfig:
     # Typed Any: OmegaConf's struct mode refuses new keys in a typed dict (a `{blur: 1}` override);
     # the generator checks names and values instead.
     train_weights: Optional[Any] = None
+    # Tasks generated (eval is round robin over them); None: every task.
+    tasks: Optional[list[str]] = None
 
 
 @dataclass

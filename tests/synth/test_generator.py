@@ -12,18 +12,31 @@ import pytest
 from PIL import Image
 
 from llava_compare.synth import generator as synthetic
+from llava_compare.synth.config import DIRECTIONS, MULTI_IMAGE_TASKS
 from llava_compare.synth.generator import TASKS, Difficulty, generate
 
-N_TRAIN, N_EVAL = 60, 30
-MC_TASKS = ("brightness", "blur", "count", "sharpest")
+N_TRAIN, N_EVAL = 84, 42
+MC_TASKS = tuple(DIRECTIONS)
+#: Without sensor noise, for the checks that read blur off the pixels of one sample.
+NOISELESS = Difficulty(sensor_noise=(0.0, 0.0))
+
+
+def _splits(out: Path) -> dict[str, list[dict]]:
+    return {name: json.loads((out / f"{name}.json").read_text()) for name in ("train", "eval", "captions")}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str, list[dict]]]:
     out = tmp_path_factory.mktemp("synth")
     summary = generate(out, N_TRAIN, N_EVAL, seed=0)
-    splits = {name: json.loads((out / f"{name}.json").read_text()) for name in ("train", "eval", "captions")}
-    return out, summary, splits
+    return out, summary, _splits(out)
+
+
+@pytest.fixture(scope="module")
+def noiseless(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict]]]:
+    out = tmp_path_factory.mktemp("synth_noiseless")
+    generate(out, 120, 0, seed=1, n_captions=0, tasks=["blur", "sharpest"], config=NOISELESS)
+    return out, _splits(out)
 
 
 def _load(out: Path, rel: str) -> np.ndarray:
@@ -138,14 +151,19 @@ def test_meta(data):
 
 
 def _assert_balanced(records: list[dict]) -> None:
-    groups: dict[tuple[str, int], Counter] = {}
+    groups: dict[tuple[str, str, int], Counter] = {}
+    directions: dict[str, Counter] = {}
     for rec in records:
         if rec["options"] is not None:
-            key = (rec["task"], len(rec["options"]))
+            key = (rec["task"], rec["direction"], len(rec["options"]))
             groups.setdefault(key, Counter())[_answer_idx(rec)] += 1
-    for (task, k), counter in groups.items():
-        per_pos = [counter.get(i, 0) for i in range(k)]
-        assert max(per_pos) - min(per_pos) <= 1, (task, k, per_pos)
+            directions.setdefault(rec["task"], Counter())[rec["direction"]] += 1
+    for key, counter in groups.items():
+        per_pos = [counter.get(i, 0) for i in range(key[2])]
+        assert max(per_pos) - min(per_pos) <= 1, (key, per_pos)
+    for task, counter in directions.items():
+        assert set(counter) == set(DIRECTIONS[task]), task
+        assert max(counter.values()) - min(counter.values()) <= 1, (task, counter)
 
 
 def test_answer_positions_balanced(data):
@@ -159,15 +177,18 @@ def test_plan_balanced_for_many_sizes(n):
     rng = np.random.default_rng(n)
     slots = synthetic._plan_split(n, TASKS, Difficulty(), rng)
     assert len(slots) == n
-    per = Counter((s.task, s.n_images, s.answer_idx, s.change_type) for s in slots)
+    per = Counter((s.task, s.direction, s.n_images, s.answer_idx, s.change_type) for s in slots)
     for task in TASKS:
-        for k in {s.n_images for s in slots if s.task == task}:
-            counts = [v for (t, kk, _, _), v in per.items() if t == task and kk == k]
+        for d, k in {(s.direction, s.n_images) for s in slots if s.task == task}:
+            counts = [v for (t, dd, kk, _, _), v in per.items() if (t, dd, kk) == (task, d, k)]
             width = len(synthetic.CHANGE_TYPES) if task == "change" else k
             counts += [0] * (width - len(counts))
-            assert max(counts) - min(counts) <= 1, (task, k, counts)
-    sharp = Counter(s.n_images for s in slots if s.task == "sharpest")
-    assert set(sharp) <= {3, 4} and (len(sharp) < 2 or abs(sharp[3] - sharp[4]) <= 1)
+            assert max(counts) - min(counts) <= 1, (task, d, k, counts)
+        dirs = Counter(s.direction for s in slots if s.task == task)
+        assert max(dirs.values(), default=0) - min(dirs.values(), default=0) <= 1, (task, dirs)
+    for task in MULTI_IMAGE_TASKS:
+        ks = Counter(s.n_images for s in slots if s.task == task)
+        assert set(ks) <= {3, 4} and (len(ks) < 2 or abs(ks[3] - ks[4]) <= 1)
 
 
 def test_same_seed_identical_bytes_different_seed_differs(tmp_path):
@@ -217,55 +238,77 @@ def test_collision_that_never_resolves_fails_loudly():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_brightness_answer_is_brighter(data):
+def _extreme(values: list[float], rec: dict) -> int:
+    """The position the question asks for, read from per-image ``values`` of the compared property."""
+    high = DIRECTIONS[rec["task"]][rec["direction"]]
+    return int(np.argmax(values) if high else np.argmin(values))
+
+
+@pytest.mark.parametrize("task", ["brightness", "brightest"])
+def test_brightness_answer_is_the_asked_extreme(data, task):
     out, _, splits = data
-    recs = _mc(splits, "brightness")
-    assert recs
+    recs = _mc(splits, task)
+    assert {r["direction"] for r in recs} == set(DIRECTIONS[task])
     for rec in recs:
         means = [_load(out, p).mean() for p in rec["image"]]
-        bright, dim = means[_answer_idx(rec)], means[1 - _answer_idx(rec)]
-        assert bright > dim
-        assert 1.15 < bright / dim < 1.55  # the configured ratio, survives rounding
+        answer = _answer_idx(rec)
+        assert _extreme(means, rec) == answer, (rec["id"], means)
+        nearest = min((m for i, m in enumerate(means) if i != answer), key=lambda m: abs(m - means[answer]))
+        ratio = max(means[answer], nearest) / min(means[answer], nearest)
+        assert 1.15 < ratio < 1.55, (rec["id"], ratio)  # the configured ratio, survives noise and rounding
         assert rec["brightness_ratio"] <= 1.5
 
 
-def test_blur_answer_has_less_high_frequency_energy(data):
-    out, _, splits = data
-    recs = _mc(splits, "blur")
-    assert recs
+def test_blur_answer_is_the_asked_extreme(noiseless):
+    out, splits = noiseless
+    recs = _mc(splits, "blur") + _mc(splits, "sharpest")
+    assert {r["direction"] for r in recs} == {"blurrier", "sharper", "sharpest"}
     for rec in recs:
-        energy = [_laplacian_energy(out, p) for p in rec["image"]]
-        assert energy[_answer_idx(rec)] < energy[1 - _answer_idx(rec)]
-        radii = rec["blur_radii"]
-        assert radii[_answer_idx(rec)] - radii[1 - _answer_idx(rec)] >= 1.0 - 1e-6
+        radii, answer = rec["blur_radii"], _answer_idx(rec)
+        assert _extreme(radii, rec) == answer
+        assert all(abs(radii[answer] - r) >= 1.0 - 1e-6 for i, r in enumerate(radii) if i != answer)
         assert all(0.0 <= r <= 2.5 for r in radii)
+        # the pixels agree: less high-frequency energy is more blur
+        energy = [-_laplacian_energy(out, p) for p in rec["image"]]
+        assert _extreme(energy, rec) == answer, (rec["id"], energy)
 
 
 def test_blur_answers_hold_at_larger_image_size(tmp_path):
-    generate(tmp_path, 20, 0, image_size=128, tasks=["blur", "sharpest"], n_captions=0)
+    generate(tmp_path, 20, 0, image_size=128, tasks=["blur", "sharpest"], n_captions=0, config=NOISELESS)
     for rec in json.loads((tmp_path / "train.json").read_text()):
-        energy = [_laplacian_energy(tmp_path, p) for p in rec["image"]]
-        best = int(np.argmin(energy)) if rec["task"] == "blur" else int(np.argmax(energy))
-        assert best == _answer_idx(rec), (rec["id"], energy)
+        energy = [-_laplacian_energy(tmp_path, p) for p in rec["image"]]
+        assert _extreme(energy, rec) == _answer_idx(rec), (rec["id"], energy)
 
 
-def test_sharpest_has_3_or_4_images_and_answer_is_sharpest(data):
+def test_images_carry_photo_like_nuisances(data):
+    """Sensor noise per sample, light falloff and texture: no flat regions anywhere."""
     out, _, splits = data
-    recs = _mc(splits, "sharpest")
-    assert {len(r["image"]) for r in recs} == {3, 4}
-    for rec in recs:
-        energy = [_laplacian_energy(out, p) for p in rec["image"]]
-        assert int(np.argmax(energy)) == _answer_idx(rec)
+    recs = [r for r in splits["train"] if r["options"] is not None]
+    noise = [r["sensor_noise"] for r in recs]
+    assert 0.0 <= min(noise) and max(noise) <= 4.0 and len(set(noise)) > len(noise) // 2
+    for rec in recs[:20]:
+        img = _load(out, rec["image"][0])
+        assert img.std() > 3.0 and len(np.unique(img.reshape(-1, 3), axis=0)) > 200
 
 
-def test_count_answer_matches_recorded_counts(data):
+@pytest.mark.parametrize("task", MULTI_IMAGE_TASKS)
+def test_multi_image_tasks_have_3_or_4_images(data, task):
     _, _, splits = data
-    recs = _mc(splits, "count")
-    assert recs
+    recs = _mc(splits, task)
+    assert {len(r["image"]) for r in recs} == {3, 4}
+    assert all(r["options"] == [f"Image {i + 1}" for i in range(len(r["image"]))] for r in recs)
+
+
+@pytest.mark.parametrize("task", ["count", "most"])
+def test_count_answer_is_the_asked_extreme(data, task):
+    _, _, splits = data
+    recs = _mc(splits, task)
+    assert {r["direction"] for r in recs} == set(DIRECTIONS[task])
     for rec in recs:
-        counts = rec["counts"]
-        assert len(counts) == 2 and counts[0] != counts[1] and all(1 <= c <= 5 for c in counts)
-        assert int(np.argmax(counts)) == _answer_idx(rec)
+        counts, answer = rec["counts"], _answer_idx(rec)
+        assert len(counts) == len(rec["image"]) and all(1 <= c <= 5 for c in counts)
+        assert _extreme(counts, rec) == answer
+        assert all(c != counts[answer] for i, c in enumerate(counts) if i != answer)  # a unique extreme
 
 
 def test_change_images_differ(data):
@@ -318,7 +361,9 @@ def test_bad_arguments(tmp_path, kwargs, match):
         {"object_count": (3, 3)},
         {"object_count": (1, 40)},
         {"backgrounds": ("plaid",)},
-        {"sharpest_images": ()},
+        {"multi_images": ()},
+        {"illumination": (0.0, 1.0)},
+        {"sensor_noise": (-1.0, 2.0)},
     ],
 )
 def test_bad_config(kwargs):
@@ -348,16 +393,16 @@ def test_cli_rejects_bad_values(tmp_path, capsys):
 def test_train_weights_set_train_shares_and_leave_eval_round_robin(tmp_path):
     """A recipe can train mostly on some tasks (the real-weights demo) and still score every task
     on the same number of held-out items; answer positions stay balanced within each task."""
-    weights = {"brightness": 3, "blur": 3, "count": 3, "sharpest": 1, "change": 1}
-    generate(tmp_path, n_train=66, n_eval=10, n_captions=0, train_weights=weights)
+    weights = {"brightness": 3, "blur": 3, "count": 3, "sharpest": 1, "change": 1, "brightest": 1, "most": 1}
+    generate(tmp_path, n_train=78, n_eval=14, n_captions=0, train_weights=weights)
     train = json.loads((tmp_path / "train.json").read_text())
-    assert Counter(r["task"] for r in train) == {"brightness": 18, "blur": 18, "count": 18, "sharpest": 6, "change": 6}
+    assert Counter(r["task"] for r in train) == {"brightness": 18, "blur": 18, "count": 18, "sharpest": 6,
+                                                 "change": 6, "brightest": 6, "most": 6}
     assert Counter(r["task"] for r in json.loads((tmp_path / "eval.json").read_text())) == {t: 2 for t in TASKS}
     # spread through the split, not in blocks: every third of it holds each task
-    for third in (train[:22], train[22:44], train[44:]):
+    for third in (train[:26], train[26:52], train[52:]):
         assert {r["task"] for r in third} == set(TASKS)
-    brightness = [r["options"].index(r["answer"]) for r in train if r["task"] == "brightness"]
-    assert Counter(brightness) == {0: 9, 1: 9}
+    _assert_balanced(train)
     assert json.loads((tmp_path / "meta.json").read_text())["train_weights"] == weights
 
 
