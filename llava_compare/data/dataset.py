@@ -79,6 +79,10 @@ class CompareDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def meta_column(self, key: str) -> list[Any]:
+        """Each sample's ``meta[key]`` (None where absent), in row order."""
+        return [s.meta.get(key) for s in self.samples]
+
     def estimated_lengths(self) -> list[int]:
         """Cheap token-count estimates for length-grouped sampling, without reading images or
         tokenising: image tokens are exact, text is ~4 characters per token."""

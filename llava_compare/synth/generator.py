@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from ..data.curriculum import PHASE_KEY
 from ..data.sample import IMAGE_PLACEHOLDER
 from .blur import make_blur
 from .brightness import make_brightness
@@ -82,7 +83,8 @@ def _task_sequence(n: int, tasks: Sequence[str], weights: Mapping[str, float] | 
 
 
 def _plan_split(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Generator,
-                weights: Mapping[str, float] | None = None) -> list[Slot]:
+                weights: Mapping[str, float] | None = None,
+                directions: Sequence[str] | None = None) -> list[Slot]:
     """Tasks by :func:`_task_sequence`; per task, balance directions, then per (direction, image
     count) answer positions."""
     slot_tasks = _task_sequence(n, tasks, weights)
@@ -93,8 +95,8 @@ def _plan_split(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Ge
             for i, c in zip(idx, _balanced(len(idx), len(CHANGE_TYPES), rng)):
                 slots[i] = Slot(task, 2, change_type=CHANGE_TYPES[c])
             continue
-        directions = list(DIRECTIONS[task])
-        dirs = [directions[c] for c in _balanced(len(idx), len(directions), rng)]
+        asked = [d for d in DIRECTIONS[task] if directions is None or d in directions]
+        dirs = [asked[c] for c in _balanced(len(idx), len(asked), rng)]
         choices = cfg.multi_images if task in MULTI_IMAGE_TASKS else (2,)
         ks = [choices[c] for c in _balanced(len(idx), len(choices), rng)]
         # Balancing per (direction, image count) means neither the question nor "4 images" hints
@@ -120,6 +122,17 @@ def _generate_item(
         if not forbidden.intersection(hashes):
             return item, hashes, attempt
     raise RuntimeError(f"{MAX_COLLISION_TRIES} redraws of a {slot.task!r} sample all hit forbidden images")
+
+
+def _plan_train(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Generator,
+                weights: Mapping[str, float] | None, curriculum: Mapping[str, Any] | None) -> list[Slot]:
+    """The train split's slots: one plan, or (curriculum) a first phase of ``share`` of the split
+    asking only ``directions``, then the rest asking every direction."""
+    if not curriculum:
+        return _plan_split(n, tasks, cfg, rng, weights)
+    first = round(n * curriculum["share"])
+    return (_plan_split(first, tasks, cfg, rng, weights, curriculum["directions"])
+            + _plan_split(n - first, tasks, cfg, rng, weights))
 
 
 def _record(split: str, index: int, item: Item, task: str, paths: list[str]) -> dict[str, Any]:
@@ -177,6 +190,22 @@ def _validate_weights(weights: Mapping[str, float], tasks: Sequence[str]) -> Non
         raise ValueError(f"train_weights must be non-negative numbers, at least one > 0; got {dict(weights)}")
 
 
+def _validate_curriculum(curriculum: Mapping[str, Any], tasks: Sequence[str]) -> None:
+    if set(curriculum) != {"share", "directions"}:
+        raise ValueError(f"curriculum takes share and directions, got {sorted(curriculum)}")
+    share, asked = curriculum["share"], list(curriculum["directions"])
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise ValueError(f"curriculum share must be a fraction in (0, 1), got {share!r}")
+    known = {d for ds in DIRECTIONS.values() for d in ds}
+    if set(asked) - known:
+        raise ValueError(f"curriculum names unknown direction(s) {sorted(set(asked) - known)}; "
+                         f"valid: {', '.join(sorted(known))}")
+    missing = [t for t in tasks if t in DIRECTIONS and not set(DIRECTIONS[t]) & set(asked)]
+    if missing:
+        raise ValueError(f"curriculum directions ask nothing of task(s) {missing} in the first phase; "
+                         f"add one of their directions: {', '.join(d for t in missing for d in DIRECTIONS[t])}")
+
+
 def _validate(n_train: int, n_eval: int, n_captions: int, image_size: int, tasks: Sequence[str]) -> None:
     for name, value in (("n_train", n_train), ("n_eval", n_eval), ("n_captions", n_captions)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -209,11 +238,15 @@ def generate(
     tasks: Sequence[str] | None = None,
     config: Difficulty | None = None,
     train_weights: Mapping[str, float] | None = None,
+    curriculum: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the synthetic dataset under ``out_dir`` and return a summary.
 
     ``train_weights`` ({task: weight}; tasks left out get 0) sets the train split's task shares;
     the eval split stays round robin, so every task is scored on the same number of items.
+    ``curriculum`` ({"share": f, "directions": [...]}) makes the first ``f`` of the train split ask
+    only those directions (``curriculum_phase`` 0) and the rest every direction (phase 1), for a
+    recipe with ``data.curriculum=true``; the eval split asks every direction.
 
     The summary has ``out_dir``, ``counts`` ({split: {task: n}}), ``images`` ({split: n_png}),
     ``files`` ({"train"|"eval"|"captions"|"meta": path}) and ``redraws`` (eval samples redrawn
@@ -225,6 +258,8 @@ def generate(
     _validate(n_train, n_eval, n_captions, image_size, tasks)
     if train_weights:
         _validate_weights(train_weights, tasks)
+    if curriculum:
+        _validate_curriculum(curriculum, tasks)
     cfg = config or Difficulty()
     ctx = Ctx(image_size, cfg)
     out = Path(out_dir)
@@ -233,8 +268,12 @@ def generate(
     # Independent streams: eval content does not depend on n_train, and splits share no draws.
     seeds = np.random.SeedSequence(seed).spawn(3)
     train_rng, eval_rng, cap_rng = (np.random.default_rng(s) for s in seeds)
-    train_slots = _plan_split(n_train, tasks, cfg, train_rng, train_weights)
+    train_slots = _plan_train(n_train, tasks, cfg, train_rng, train_weights, curriculum)
     train, train_h, _ = _generate_split(out, "train", train_slots, ctx, train_rng, set())
+    if curriculum:
+        first = round(n_train * curriculum["share"])
+        for i, rec in enumerate(train):
+            rec[PHASE_KEY] = 0 if i < first else 1
     cap_slots = [Slot("caption", 1)] * n_captions
     captions, cap_h, _ = _generate_split(out, "captions", cap_slots, ctx, cap_rng, set())
     # Eval last, checked against everything a model may have been trained on.
@@ -245,7 +284,15 @@ def generate(
     meta = {"version": VERSION, "seed": seed, "image_size": image_size, "tasks": tasks, "config": asdict(cfg)}
     if train_weights:  # only when set: the same seed without weights keeps its meta.json byte-identical
         meta["train_weights"] = dict(train_weights)
+    if curriculum:
+        meta["curriculum"] = _plain_curriculum(curriculum)
     return _write_outputs(out, splits, meta, redraws)
+
+
+def _plain_curriculum(curriculum: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not curriculum:
+        return None
+    return {"share": float(curriculum["share"]), "directions": list(curriculum["directions"])}
 
 
 def _caption_count(n_train: int, n_captions: int | None) -> int:
@@ -261,6 +308,7 @@ def settings_mismatch(
     n_captions: int | None = None,
     train_weights: Mapping[str, float] | None = None,
     tasks: Sequence[str] | None = None,
+    curriculum: Mapping[str, Any] | None = None,
 ) -> str | None:
     """None when ``out_dir`` holds what :func:`generate` writes for these arguments (read from its
     meta.json, which is written last); otherwise why not, in words. The signature mirrors
@@ -271,9 +319,10 @@ def settings_mismatch(
     meta = json.loads(meta_file.read_text())
     want = {"seed": seed, "image_size": image_size, "train_weights": dict(train_weights) if train_weights else None,
             "tasks": list(TASKS if tasks is None else tasks), "version": VERSION,
+            "curriculum": _plain_curriculum(curriculum),
             "counts": {"train": n_train, "eval": n_eval, "captions": _caption_count(n_train, n_captions)}}
     have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "train_weights": meta.get("train_weights"),
-            "tasks": meta.get("tasks"), "version": meta.get("version"),
+            "tasks": meta.get("tasks"), "version": meta.get("version"), "curriculum": meta.get("curriculum"),
             "counts": {split: sum(c.values()) for split, c in meta.get("counts", {}).items()}}
     return None if have == want else f"it was made with {have}, not {want}"
 

@@ -11,7 +11,9 @@ attention kernel that will run (``model/attention.py``):
 - ``packing: false``: padded to the longest sample; ``group_by_length`` puts samples of similar
   estimated length into the same micro-batch (LLaVA's ``group_by_modality_length`` idea), planned
   like the bins (``data/bins.py:plan_length_groups``): the Trainer's random sampler then shuffles
-  whole micro-batches, and no sampler override is needed.
+  whole micro-batches, and no sampler override is needed;
+- ``curriculum: true``: the samples in curriculum order (``data/curriculum.py``), read by the
+  Trainer's sequential sampler, batched as ``packing`` says.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from torch.utils.data import Subset
+
 from ..data.bins import BinnedDataset, plan_bins, plan_length_groups
 from ..data.collator import CompareCollator
+from ..data.curriculum import PHASE_KEY, curriculum_order
 from ..data.dataset import CompareDataset
 from ..model.attention import packs_in_one_row, resolve_attn_implementation, warn_packing_cost
 
@@ -42,6 +47,7 @@ class Batching:
     group_by_length: bool
     token_budget: int | None  # planned bins of about this many tokens (packed only)
     window: int  # samples per best-fit window of the bin planner
+    curriculum: bool = False  # phase-by-phase order (data/curriculum.py), read sequentially
 
     @property
     def binned(self) -> bool:
@@ -53,6 +59,9 @@ class Batching:
         return self.binned or self.group_by_length
 
     def describe(self) -> str:
+        return self._layout() + (", curriculum order" if self.curriculum else "")
+
+    def _layout(self) -> str:
         if not self.packed:
             return f"padded{', grouped by length' if self.group_by_length else ''} ({self.kernel})"
         rows = "one row" if self.one_row else "rows no wider than the longest sample"
@@ -76,7 +85,12 @@ def batching(cfg: DictConfig) -> Batching:
         raise ValueError(f"data.token_budget {data.token_budget} < data.max_length {data.max_length}: "
                          "a sample of max_length would not fit a micro-batch; raise the budget")
     grouped = not packed and (data.group_by_length or data.packing == "auto")
-    return Batching(kernel, packed, one_row, grouped, data.token_budget if packed else None, data.pack_window)
+    if data.curriculum and (grouped or data.token_budget is not None):
+        raise ValueError("data.curriculum orders the samples itself; it cannot be combined with "
+                         "data.group_by_length / data.packing=auto (padded) or data.token_budget: "
+                         "set data.packing=true or false, group_by_length=false, token_budget=null")
+    return Batching(kernel, packed, one_row, grouped, data.token_budget if packed else None, data.pack_window,
+                    bool(data.curriculum))
 
 
 def training_set(plan: Batching, dataset: CompareDataset, seed: int, batch_size: int = 1) -> Any:
@@ -88,6 +102,10 @@ def training_set(plan: Batching, dataset: CompareDataset, seed: int, batch_size:
         groups = plan_length_groups(dataset.estimated_lengths(), batch_size, seed)
         log.info("%d samples in %d length-grouped micro-batches of <= %d", len(dataset), len(groups), batch_size)
         return BinnedDataset(dataset, [[group] for group in groups])
+    if plan.curriculum:
+        order = curriculum_order(dataset.meta_column(PHASE_KEY), seed)
+        log.info("%d samples in curriculum order", len(order))
+        return Subset(dataset, order)
     if not plan.binned:
         return dataset
     lengths = dataset.estimated_lengths()

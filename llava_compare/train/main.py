@@ -63,7 +63,8 @@ def ensure_synth_data(cfg: DictConfig) -> None:
     weights = OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
     args = (synth.dir, synth.n_train, synth.n_eval)
     kwargs = {"seed": synth.seed, "image_size": synth.image_size, "n_captions": synth.n_captions,
-              "train_weights": weights, "tasks": list(synth.tasks) if synth.tasks else None}
+              "train_weights": weights, "tasks": list(synth.tasks) if synth.tasks else None,
+              "curriculum": OmegaConf.to_container(synth.curriculum) if synth.curriculum else None}
     why = settings_mismatch(*args, **kwargs) if rank() == 0 else None
     if why:
         log.info("generating synthetic data into %s (%s)", synth.dir, why)
@@ -180,6 +181,7 @@ def training_args(cfg: DictConfig, plan: Batching | None = None) -> TrainingArgu
         # no save_total_limit: CompareTrainer keeps cfg.save_total_limit complete checkpoints itself
         save_strategy="steps", save_steps=cfg.save_steps,
         dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False,
+        train_sampling_strategy="sequential" if plan.curriculum else "random",
         ddp_find_unused_parameters=False, **dist_kwargs(cfg),
         disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
     )

@@ -77,6 +77,9 @@ class SynthConfig:
     train_weights: Optional[Any] = None
     # Tasks generated (eval is round robin over them); None: every task.
     tasks: Optional[list[str]] = None
+    # {share, directions}: the train split's first `share` asks only `directions` (curriculum
+    # phase 0), the rest every direction; train it in order with data.curriculum=true.
+    curriculum: Optional[Any] = None
 
 
 @dataclass
@@ -110,6 +113,9 @@ class DataConfig:
     group_by_length: bool = False  # padded batches: samples of similar length together (less padding)
     token_budget: Optional[int] = None  # packed: plan micro-batches of <= this many tokens at the sampler
     pack_window: int = 1000  # samples per shuffled window the bin planner packs best-fit decreasing
+    # Train phase by phase (each row's `curriculum_phase` field, ascending; shuffled within a phase
+    # by the seed; rows without one spread over the run) instead of in random order.
+    curriculum: bool = False
     feature_cache: Optional[str] = None  # stage 1 (frozen ViT): folder for cached ViT features
     num_workers: int = 0
 
