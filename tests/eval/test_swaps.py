@@ -231,10 +231,24 @@ def test_cli_flag_lands_in_results_json(stub, monkeypatch, tmp_path, capsys):
                                         "Answer with Image 1 or Image 2."}, {"from": "gpt", "value": "x"}]})
     (tmp_path / "eval.json").write_text(json.dumps(rows))
     out = tmp_path / "out"
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / "wb").mkdir()
     args = ["eval", "fake-model", "--data", str(tmp_path / "eval.json"), "--out", str(out), "--swap-orders", "2",
-            "--no-progress"]
-    assert cli_main(args) == 0
+            "--no-progress", "--wandb"]
+    try:
+        assert cli_main(args) == 0
+    finally:  # wandb keeps process-wide settings (our WANDB_DIR): never leak them into later tests
+        import wandb
+
+        wandb.teardown()
     printed = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    table = json.loads(next(run_dir.rglob("predictions*.table.json")).read_text())
+    col = table["columns"].index("swap_consistent")
+    assert [row[col] for row in table["data"]] == [False] * 4
+    assert table["data"][0][table["columns"].index("swap_predictions")] == "21: Image 1"
     assert "order swaps: 2 other order(s) per item (scored: 2 images: 1)" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["swap_orders"] == 2 and "--swap-orders 2" in results["command"]
@@ -273,3 +287,19 @@ def test_sharded_eval_gives_every_rank_the_same_swap_metrics(tmp_path):
     assert r0["overall"]["consistency"] == 1.0 and r0["overall"]["accuracy_all_orders"] == 1.0
     assert r0["orders_scored"] == {"2": 1, "3": 2, "4": 2}
     assert r0["overall"]["n_scored"] == 4 * 2 + 3 * 3 + 4 * 3
+
+
+def test_demo_report_prints_swap_metrics_per_task_and_direction(stub, tmp_path, capsys):
+    from llava_compare.eval.user_report import user_report
+
+    samples = [item(i, 2, i % 2, direction=["brighter", "darker"][i // 2 % 2]) for i in range(8)] + balanced(3, 1)
+    out = user_report(stub("first"), None, None, samples, tmp_path, batch_size=4, n_examples=4,
+                      chats=[{"prompt": "p", "before": "b", "after": "a"}], swap_orders=2)
+    printed = capsys.readouterr().out
+    assert out["swap"]["tasks"]["bright2"]["consistency"] == 0.0
+    assert out["swap"]["directions"]["bright2"]["darker"]["positions"]["2"]["pick"] == [1.0, 0.0]
+    assert "order swaps: 2 other order(s) per item (scored: 2 images: 1, 3 images: 2)" in printed
+    assert "  darker" in printed and "k=3 pick 1.00/0.00/0.00 gold 0.33/0.33/0.33" in printed
+    assert "[bright2 brighter]" in printed and "shown as (image 2, image 1): A: 'Image 1'" in printed
+    assert "text-only chat check: p" in printed
+    assert json.loads((tmp_path / "results.json").read_text())["swap_orders"] == 2
