@@ -10,7 +10,8 @@ image is clearer" does not map one option to one image.
 
 An order is a tuple: position ``p`` of the permuted item shows the original image ``order[p]``. The
 N orders of an item are chosen from its id (the same on every rank and every run): distinct
-non-identity permutations, those that move the gold image to a position it has not had yet first.
+non-identity permutations, those that move the gold image to a position it has not had yet first,
+then those that leave fewest images in place.
 A k-image item has only k! - 1 other orders (one for two images): N is capped there.
 
 The permuted items are ordinary samples, scored with the others in one pass (so loglik, generate
@@ -89,14 +90,17 @@ def exclusion(sample: Sample) -> str | None:
 
 def choose_orders(item_id: str, k: int, gold_image: int, n: int) -> list[tuple[int, ...]]:
     """Up to ``n`` distinct non-identity orders of ``k`` images, drawn from ``item_id``; each next one
-    puts the gold image where it has been least often (the original position counts once)."""
+    puts the gold image where it has been least often (the original position counts once) and,
+    among those, moves as many images as it can."""
     rng = random.Random(hashlib.sha256(item_id.encode()).digest())
     candidates = [p for p in itertools.permutations(range(k)) if p != tuple(range(k))]
     rng.shuffle(candidates)
     seen = Counter({gold_image: 1})
     chosen: list[tuple[int, ...]] = []
     while candidates and len(chosen) < n:
-        best = min(candidates, key=lambda p: seen[p.index(gold_image)])  # first of the least seen
+        # the gold image where it has been least often, then as few images left in place as possible
+        # (an image kept in place cannot tell a position preference from a consistent answer)
+        best = min(candidates, key=lambda p: (seen[p.index(gold_image)], sum(a == b for a, b in enumerate(p))))
         candidates.remove(best)
         chosen.append(best)
         seen[best.index(gold_image)] += 1
@@ -276,21 +280,25 @@ def format_rates(positions: dict[str, dict[str, Any]]) -> str:
 
 def format_swap_table(swap: dict[str, Any]) -> str:
     """The swap metrics as a terminal table: one row per task (and direction), per image count, overall."""
-    head = f"{'order swaps':<22} {'n':>4} {'acc':>6} {'acc/all':>7} {'consist':>7} {'max+':>6}  positions"
+    head = (f"{'order swaps':<22} {'n':>4} {'chance':>6} {'acc':>6} {'acc/all':>7} {'consist':>7} {'max+':>6}  "
+            "position pick rates vs gold rates")
     lines = [f"order swaps: {swap['orders_requested']} other order(s) per item "
              f"(scored: {', '.join(f'{k} images: {v}' for k, v in swap['orders_scored'].items()) or 'none'})",
              head]
 
     def row(name: str, m: dict[str, Any]) -> str:
         excess = "" if m["max_position_excess"] is None else f"{m['max_position_excess']:+.3f}"
-        return (f"{name:<22} {m['n']:>4} {m['accuracy']:>6.3f} {m['accuracy_all_orders']:>7.3f} "
-                f"{m['consistency']:>7.3f} {excess:>6}  {format_rates(m['positions'])}")
+        # several image counts: their rates are on the per-image-count rows above
+        rates = format_rates(m["positions"]) if len(m["positions"]) == 1 else "(per image count above)"
+        return (f"{name:<22} {m['n']:>4} {m['chance']:>6.3f} {m['accuracy']:>6.3f} {m['accuracy_all_orders']:>7.3f} "
+                f"{m['consistency']:>7.3f} {excess:>6}  {rates}")
 
     directions = swap.get("directions", {})
     for task, m in swap["tasks"].items():
         lines.append(row(task, m))
         lines += [row(f"  {d}", dm) for d, dm in directions.get(task, {}).items()]
-    lines += [row(f"{k} images", m) for k, m in swap["image_counts"].items()]
+    if len(swap["image_counts"]) > 1:
+        lines += [row(f"{k} images", m) for k, m in swap["image_counts"].items()]
     lines.append(row("all", swap["overall"]))
     if swap["excluded"]:
         why = ", ".join(f"{k} {v}" for k, v in sorted(swap["excluded"].items()))

@@ -63,8 +63,14 @@ def follow_scores(model, processor, builder, items, padding_side="right"):
             for s, opts in items]
 
 
+def _answer(s: Sample, image: int) -> str:
+    """What a model would write for the option naming ``image``: its letter on a lettered prompt."""
+    option = next(j for j, o in enumerate(s.meta["options"]) if _image_of(o) == image)
+    return "ABCD"[option] if s.meta.get("lettered") else s.meta["options"][option]
+
+
 def follow_text(model, processor, builder, samples, max_new_tokens=32):
-    return [f"Image {max(range(len(s.images)), key=lambda j: _brightness(s.images[j])) + 1}" for s in samples]
+    return [_answer(s, max(range(len(s.images)), key=lambda j: _brightness(s.images[j]))) for s in samples]
 
 
 def first_scores(model, processor, builder, items, padding_side="right"):
@@ -73,7 +79,7 @@ def first_scores(model, processor, builder, items, padding_side="right"):
 
 
 def first_text(model, processor, builder, samples, max_new_tokens=32):
-    return ["Image 1" for _ in samples]
+    return [_answer(s, 0) for s in samples]
 
 
 STUBS = {"follow": (follow_scores, follow_text), "first": (first_scores, first_text)}
@@ -144,6 +150,8 @@ def test_permuted_items_move_the_gold_answer_with_the_gold_image(k):
         assert len(set(orders)) == k - 1 and tuple(range(k)) not in orders
         # k - 1 orders put the gold image at each of the other k - 1 positions
         assert sorted(o.index(gold) for o in orders) == [q for q in range(k) if q != gold]
+        # and no image stays where it was (a kept image would hide a position preference)
+        assert all(all(o[p] != p for p in range(k)) for o in orders)
     assert choose_orders("x", k, 1, 30) == choose_orders("x", k, 1, 30)  # seeded by the item id
     assert len(choose_orders("x", k, 1, 30)) == (6 if k == 3 else 24) - 1
 
@@ -303,3 +311,30 @@ def test_demo_report_prints_swap_metrics_per_task_and_direction(stub, tmp_path, 
     assert "[bright2 brighter]" in printed and "shown as (image 2, image 1): A: 'Image 1'" in printed
     assert "text-only chat check: p" in printed
     assert json.loads((tmp_path / "results.json").read_text())["swap_orders"] == 2
+
+
+@pytest.mark.parametrize("mode", ["loglik", "generate"])
+def test_benchmark_rows_with_per_image_options_take_part(stub, mode):
+    """Lettered benchmark items ("A. Image 1" scored, "A"/"Image 1" parsed) whose options name the
+    images are permuted like the synthetic ones; "They are the same" keeps an item out."""
+    from llava_compare.eval.formats import parse_table_row
+
+    rows = []
+    for i in range(6):
+        k, gold = 2 + i % 3, i % 2
+        rows.append(parse_table_row({"id": f"mic{i}", "question": "Which image is the brightest?",
+                                     "images": [grey(255 if j == gold else 20 + 30 * j) for j in range(k)],
+                                     "options": [f"Image {j + 1}" for j in range(k)],
+                                     "answer": f"Image {gold + 1}", "task": "mic"}, i, "micbench", None))
+    rows.append(parse_table_row({"id": "qb", "question": "Which image is brighter?", "image1": grey(255),
+                                 "image2": grey(0), "options": ["The first image", "The second image"],
+                                 "answer": "The first image", "Task": "qb"}, 7, "qbench2", None))
+    rows.append(parse_table_row({"id": "qb3", "question": "Which image is brighter?", "image1": grey(255),
+                                 "image2": grey(0), "options": ["The first image", "The second image",
+                                                                "They are the same"],
+                                 "answer": "The first image", "Task": "qb"}, 8, "qbench2", None))
+    assert all(s.meta["lettered"] for s in rows)
+    sw = run(stub("follow"), rows, mode, 2)["swap"]
+    assert sw["excluded"] == {"options_not_one_per_image": 1}
+    assert sw["overall"]["n"] == 7 and sw["overall"]["consistency"] == 1.0
+    assert sw["overall"]["accuracy_all_orders"] == 1.0
