@@ -289,7 +289,7 @@ def format_swap_table(swap: dict[str, Any]) -> str:
     def row(name: str, m: dict[str, Any]) -> str:
         excess = "" if m["max_position_excess"] is None else f"{m['max_position_excess']:+.3f}"
         # several image counts: their rates are on the per-image-count rows above
-        rates = format_rates(m["positions"]) if len(m["positions"]) == 1 else "(per image count above)"
+        rates = format_rates(m["positions"]) if len(m["positions"]) <= 1 else "(per image count above)"
         return (f"{name:<22} {m['n']:>4} {m['chance']:>6.3f} {m['accuracy']:>6.3f} {m['accuracy_all_orders']:>7.3f} "
                 f"{m['consistency']:>7.3f} {excess:>6}  {rates}")
 
