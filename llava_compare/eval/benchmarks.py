@@ -151,6 +151,12 @@ def _row_options(row: Mapping[str, Any]) -> tuple[list[str], list[int]]:
     return [o for _, o in kept], [n for n, _ in kept]
 
 
+def _direction(row: Mapping[str, Any]) -> dict[str, str]:
+    """``{"direction": ...}`` when the row says which way its question asks (reported per task and
+    direction), else nothing."""
+    return {"direction": str(row["direction"])} if _present(row.get("direction")) else {}
+
+
 def _sample_id(row: Mapping[str, Any], index: int) -> str:
     return next((str(row[k]) for k in _ID_KEYS if row.get(k) is not None), str(index))
 
@@ -249,7 +255,8 @@ def parse_qbench_row(row: Mapping[str, Any], index: int, fmt: str, root: str | N
     task = next((row[k] for k in _TASK_KEYS if row.get(k) is not None), fmt)
     # Q-Bench2-HF's int question_type is reported as a category (groups), not as a QA type
     qa_type = None if groups else next((row[k] for k in _QA_TYPE_KEYS if row.get(k) is not None), None)
-    meta = {"task": str(task), "qa_type": None if qa_type is None else str(qa_type), "groups": groups}
+    meta = {"task": str(task), "qa_type": None if qa_type is None else str(qa_type), "groups": groups,
+            **_direction(row)}
     return _mc_item(sample_id, text, options, idx, images, meta, style)
 
 
@@ -287,7 +294,7 @@ def parse_mantis_row(row: Mapping[str, Any], index: int, root: str | None, where
     images, text = _images_and_text(row, question, root, where, sample_id)
     groups = {k: str(row[k]) for k in ("category", "data_source") if row.get(k) is not None}
     meta: dict[str, Any] = {"task": str(row.get("data_source") or row.get("category") or "mantis"),
-                            "qa_type": qtype, "groups": groups}
+                            "qa_type": qtype, "groups": groups, **_direction(row)}
     if qtype == "short-answer":
         answer = str(row["answer"]).strip() if _present(row.get("answer")) else None
         meta.update(kind="open", question=_display_question(text), answer=answer)

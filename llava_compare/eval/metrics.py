@@ -6,8 +6,9 @@ Record kinds (one dict per item, as written to ``predictions.jsonl``):
   also ``parsed`` (False when no option could be read from the generated text: counted as wrong);
 * open -- has ``exact_match`` and ``f1``.
 
-Both carry ``task``, ``num_images`` and optionally ``qa_type`` and ``groups`` (category axis ->
-label, e.g. ``{"question type": "How", "concern": "Distortion"}``). Records with ``labelled: false``
+Both carry ``task``, ``num_images`` and optionally ``qa_type``, ``direction`` (which way the
+question asks, e.g. "brighter" | "darker") and ``groups`` (category axis -> label, e.g.
+``{"question type": "How", "concern": "Distortion"}``). Records with ``labelled: false``
 (no gold answer: a withheld test split) are predictions only: counted, never scored. Open records
 judged by an LLM (``--judge``) carry ``judge_score`` (0-5, None when the judge's reply had no score).
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 import string
 from collections import defaultdict
 from typing import Any, Sequence
+
+from .swaps import format_swap_table
 
 
 def normalize(text: str) -> str:
@@ -80,7 +83,9 @@ def _stats(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-task accuracy (MC) or EM/F1 (open), per question type, and the overall numbers.
+    """Per-task accuracy (MC) or EM/F1 (open), per question type, per task and direction
+    (``directions``: task -> direction -> stats, for records with a direction), per image count
+    of the multiple-choice items (``image_counts``), and the overall numbers.
 
     ``overall_2image_mc`` (the demo's headline: the 2-image multiple-choice items) keeps exactly
     ``{n, accuracy, chance}``; ``overall_mc`` is over every multiple-choice item.
@@ -90,8 +95,11 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     by_group: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    by_direction: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_task[str(r["task"])].append(r)
+        if r.get("direction") is not None:
+            by_direction[str(r["task"])][str(r["direction"])].append(r)
         if r.get("qa_type") is not None and is_mc(r):
             by_type[str(r["qa_type"])].append(r)
         for axis, label in (r.get("groups") or {}).items():
@@ -106,6 +114,12 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "overall_2image_mc": {k: v for k, v in _mc_stats(mc2).items() if k in ("n", "accuracy", "chance")},
         "overall_mc": _mc_stats(mc_all),
     }
+    if mc_all:
+        counts = sorted({r["num_images"] for r in mc_all})
+        summary["image_counts"] = {str(k): _mc_stats([r for r in mc_all if r["num_images"] == k]) for k in counts}
+    if by_direction:
+        summary["directions"] = {t: {d: _stats(rs) for d, rs in sorted(ds.items())}
+                                 for t, ds in sorted(by_direction.items())}
     if by_type:
         summary["qa_types"] = {t: _mc_stats(rs) for t, rs in sorted(by_type.items())}
     if by_group:
@@ -119,13 +133,13 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _mc_row(name: str, m: dict[str, Any]) -> str:
-    row = f"{name:<12} {m['n']:>5}  {m['accuracy']:>8.3f}  {m['chance']:>6.3f}"
+def _mc_row(name: str, m: dict[str, Any], width: int = 12) -> str:
+    row = f"{name:<{width}} {m['n']:>5}  {m['accuracy']:>8.3f}  {m['chance']:>6.3f}"
     return row + (f"  ({m['unparsed']} unparseable)" if m.get("unparsed") else "")
 
 
-def _open_row(name: str, m: dict[str, Any]) -> str:
-    row = f"{name:<12} {m['n']:>5}  exact match {m['exact_match']:.3f}, token F1 {m['f1']:.3f}"
+def _open_row(name: str, m: dict[str, Any], width: int = 12) -> str:
+    row = f"{name:<{width}} {m['n']:>5}  exact match {m['exact_match']:.3f}, token F1 {m['f1']:.3f}"
     if "judge_mean" in m:
         mean = "n/a" if m["judge_mean"] is None else f"{m['judge_mean']:.2f}"
         row += f", judge {mean}/5 ({m['judge_unparsed']} unparsed)"
@@ -133,11 +147,12 @@ def _open_row(name: str, m: dict[str, Any]) -> str:
 
 
 def _table(title: str, rows: dict[str, dict[str, Any]]) -> list[str]:
-    lines = [f"{title:<12} {'n':>5}  {'accuracy':>8}  {'chance':>6}"]
+    width = max([12, len(title), *map(len, rows)])  # long "task direction" names keep the columns aligned
+    lines = [f"{title:<{width}} {'n':>5}  {'accuracy':>8}  {'chance':>6}"]
     for k, m in rows.items():
-        lines.append(_mc_row(k, m) if "accuracy" in m else _open_row(k, m))
+        lines.append(_mc_row(k, m, width) if "accuracy" in m else _open_row(k, m, width))
         if "free_form" in m:
-            lines.append(_open_row("  +free-form", m["free_form"]))
+            lines.append(_open_row("  +free-form", m["free_form"], width))
     return lines
 
 
@@ -158,11 +173,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     ``overall accuracy: X.XXX (chance Y.YYY)`` over the 2-image multiple-choice items (over all
     multiple-choice items when none has two images)."""
     lines = _table("task", summary["tasks"])
+    if summary.get("directions"):
+        lines += _table("direction", {f"{t} {d}": m for t, ds in summary["directions"].items() for d, m in ds.items()})
+    if len(summary.get("image_counts") or {}) > 1:
+        lines += _table("images", {f"{k} images": m for k, m in summary["image_counts"].items()})
     if summary.get("qa_types"):
         lines += _table("QA type", summary["qa_types"])
     for axis, rows in (summary.get("groups") or {}).items():
         lines += _table(axis, rows)
     lines += _notes(summary)
+    if summary.get("swap"):
+        lines.append(format_swap_table(summary["swap"]))
     o2, mc = summary["overall_2image_mc"], summary.get("overall_mc", summary["overall_2image_mc"])
     if mc.get("unparsed"):
         lines.append(f"unparseable generated answers (counted wrong): {mc['unparsed']} of {mc['n']}")

@@ -27,6 +27,7 @@ from PIL import Image
 from ..data.checks import load_image
 from ..data.sample import Sample
 from .metrics import is_mc, is_wrong
+from .swaps import consistent
 
 THUMB_PX = 224  # longest side of an embedded thumbnail
 
@@ -121,6 +122,43 @@ def _summary_table(title: str, rows: dict[str, dict[str, Any]]) -> str:
     return f"<table class=\"summary\">{head}{''.join(body)}</table>"
 
 
+def _swap_table(swap: dict[str, Any] | None) -> str:
+    """The order-swap metrics: one row per task (and direction), per image count, and overall."""
+    if not swap:
+        return ""
+    rows = []
+    for task, m in swap["tasks"].items():
+        rows.append((task, m))
+        rows += [(f"{task} / {d}", dm) for d, dm in swap.get("directions", {}).get(task, {}).items()]
+    rows += [(f"{k} images", m) for k, m in swap["image_counts"].items()] + [("all", swap["overall"])]
+    head = ("<tr><th>order swaps</th><th>n</th><th>accuracy</th><th>accuracy, all orders</th><th>consistency</th>"
+            "<th>chance</th><th>position pick rate (gold rate)</th><th>max position excess</th></tr>")
+    body = []
+    for name, m in rows:
+        rates = "; ".join(f"{k} images: " + ", ".join(f"{p:.2f} ({g:.2f})" for p, g in zip(v["pick"], v["gold"]))
+                          for k, v in m["positions"].items())
+        excess = "" if m["max_position_excess"] is None else f"{m['max_position_excess']:+.3f}"
+        body.append(f"<tr><td>{_e(name)}</td><td>{m['n']}</td><td>{m['accuracy']:.3f}</td>"
+                    f"<td>{m['accuracy_all_orders']:.3f}</td><td>{m['consistency']:.3f}</td><td>{m['chance']:.3f}</td>"
+                    f"<td>{_e(rates)}</td><td>{excess}</td></tr>")
+    excluded = ", ".join(f"{k} {v}" for k, v in sorted(swap["excluded"].items()))
+    note = (f'<p class="small">{swap["orders_requested"]} other image order(s) per item (capped at k!-1); '
+            f'not scored in other orders: {_e(excluded or "none")}</p>')
+    return f"<h2>Order swaps</h2>{note}<table class=\"summary\">{head}{''.join(body)}</table>"
+
+
+def _swaps_html(rec: dict[str, Any]) -> str:
+    """One line per other image order the item was scored in: the order and the option picked there."""
+    if not rec.get("swaps"):
+        return ""
+    parts = []
+    for sw in rec["swaps"]:
+        pick = "unparseable" if sw["pred_index"] is None else rec["options"][sw["pred_index"]]
+        mark = "right" if sw["correct"] else "wrong"
+        parts.append(f"images ({', '.join(str(i + 1) for i in sw['order'])}): {_e(pick)} ({mark})")
+    return f'<div class="small">other orders: {"; ".join(parts)}</div>'
+
+
 def _item_html(rec: dict[str, Any], sample: Sample) -> str:
     wrong = is_wrong(rec)
     figs = "".join(
@@ -147,6 +185,7 @@ def _item_html(rec: dict[str, Any], sample: Sample) -> str:
             parts.append(f'<div class="small">generated: &ldquo;{_e(rec["generated"])}&rdquo;</div>')
         if rec.get("margin") is not None:
             parts.append(f'<div class="small">log-likelihood margin: {rec["margin"]:.3f}</div>')
+        parts.append(_swaps_html(rec))
         verdict = "wrong" if wrong else "correct" if is_mc(rec) else "no gold answer"
     else:
         parts.append(f"<div><b>Prediction:</b> {_e(rec.get('prediction'))}</div>"
@@ -161,6 +200,10 @@ def _item_html(rec: dict[str, Any], sample: Sample) -> str:
     parts.insert(0, f'<div class="small"><span class="verdict">{verdict}</span> &middot; {tags}</div>')
     return (f'<div class="item {"wrong" if wrong else "right"}" data-correct="{0 if wrong else 1}" '
             f'data-id="{_e(rec.get("id"))}"><div class="imgs">{figs}</div><div class="text">{"".join(parts)}</div></div>')
+
+
+def _direction_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f"{t} / {d}": m for t, ds in summary.get("directions", {}).items() for d, m in ds.items()}
 
 
 def render_html(records: Sequence[dict[str, Any]], samples: Sequence[Sample], summary: dict[str, Any],
@@ -200,6 +243,8 @@ def render_html(records: Sequence[dict[str, Any]], samples: Sequence[Sample], su
         f"{_summary_table('task', summary.get('tasks', {}))}"
         f"{_summary_table('QA type', summary.get('qa_types', {}))}"
         f"{''.join(_summary_table(axis, rows) for axis, rows in summary.get('groups', {}).items())}"
+        f"{_summary_table('task / direction', _direction_rows(summary))}"
+        f"{_swap_table(summary.get('swap'))}"
         f"<h2>Items: {n_wrong} wrong first, then {len(records) - n_wrong} right ({note})</h2>"
         f"{body}</body></html>\n"
     )
@@ -226,7 +271,7 @@ def log_wandb(records: Sequence[dict[str, Any]], samples: Sequence[Sample], summ
                      name=name, config=json.loads(json.dumps(run_info, default=str)))
     try:
         columns = ["id", "task", "qa_type", "images", "question", "options", "answer", "prediction",
-                   "correct", "score"]
+                   "correct", "score", "direction", "swap_consistent", "swap_predictions"]
         table = wandb.Table(columns=columns)
         for rec, s in zip(records, samples):
             score = rec.get("margin") if is_mc(rec) else rec.get("f1")
@@ -234,14 +279,37 @@ def log_wandb(records: Sequence[dict[str, Any]], samples: Sequence[Sample], summ
                            wandb.Image(side_by_side(s.images)) if s.images else None,
                            rec.get("question"), " | ".join(rec.get("options", [])), rec.get("answer"),
                            rec.get("prediction") if rec.get("prediction") is not None else rec.get("generated"),
-                           not is_wrong(rec), score)
+                           not is_wrong(rec), score, rec.get("direction"), *_swap_cells(rec))
         flat = {"eval/overall_2image_mc_accuracy": summary["overall_2image_mc"]["accuracy"]}
         if summary.get("overall_mc", {}).get("n"):
             flat["eval/overall_mc_accuracy"] = summary["overall_mc"]["accuracy"]
         for task, m in summary["tasks"].items():
             flat[f"eval/{task}/" + ("accuracy" if "accuracy" in m else "exact_match")] = m.get("accuracy", m.get("exact_match"))
+        flat.update(_swap_scalars(summary.get("swap")))
         run.log({"eval/predictions": table, **flat})
         run.summary.update(flat)
         return run.dir
     finally:
         run.finish()
+
+
+def _swap_cells(rec: dict[str, Any]) -> tuple[bool | None, str | None]:
+    """(same image picked in every order, "order: option" per other order) of an item; Nones
+    when it was not scored in other orders."""
+    if "swaps" not in rec:
+        return None, None
+    cells = [f"{''.join(str(i + 1) for i in sw['order'])}: "
+             f"{'-' if sw['pred_index'] is None else rec['options'][sw['pred_index']]}" for sw in rec["swaps"]]
+    return consistent(rec), " | ".join(cells)
+
+
+def _swap_scalars(swap: dict[str, Any] | None) -> dict[str, float]:
+    """The swap metrics as wandb summary scalars (overall and per task)."""
+    if not swap:
+        return {}
+    out: dict[str, float] = {}
+    for prefix, m in [("eval/swap", swap["overall"]), *((f"eval/{t}/swap", m) for t, m in swap["tasks"].items())]:
+        for key in ("accuracy_all_orders", "consistency", "max_position_excess"):
+            if m.get(key) is not None:
+                out[f"{prefix}_{key}"] = m[key]
+    return out

@@ -37,6 +37,7 @@ from .metrics import format_summary, normalize, summarize, token_f1  # noqa: F40
 from .scoring import (MODES, batch_option_logliks, ensure_prepared, prepare_all,
                            score_items)
 from .sharded import score_on_all_ranks, world
+from .swaps import score_in_orders, swap_summary
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,15 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
                      padding_side: str = "right", run_info: dict[str, Any] | None = None,
                      report_max_items: int | None = 1000, progress: bool = True,
                      wandb: bool = False, wandb_project: str | None = None,
-                     skipped: Mapping[str, int] | None = None, judge: str | None = None) -> dict[str, Any]:
+                     skipped: Mapping[str, int] | None = None, judge: str | None = None,
+                     swap_orders: int = 0) -> dict[str, Any]:
     """Score ``samples`` and return the summary; with ``out_dir``, write results.json,
     predictions.jsonl, submission.json and report.html there. Samples from the training readers
     are taken as ``mcq`` items (options -> multiple choice, none -> free form). ``skipped``: rows
     the reader already dropped, by reason (reported with the ones dropped here). ``judge``: a
     causal LM (folder or hub id) that also scores the free-form answers 0-5 (``eval.judge``).
+    ``swap_orders``: also score each multiple-choice item whose options name its images in this
+    many other image orders (``swaps.py``; metrics under ``summary["swap"]``).
 
     Under ``torchrun`` every rank must call this with the same samples: each scores a share
     (``sharded.py``) and every rank returns the summary of all items."""
@@ -81,8 +85,9 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
     if dropped:
         log.warning("skipped %d items: %s", sum(dropped.values()), dropped)
     try:
-        records = score_on_all_ranks(model, processor, builder, kept, mode, batch_size, max_new_tokens,
-                                     padding_side, progress)
+        records, excluded = score_in_orders(
+            lambda items: score_on_all_ranks(model, processor, builder, items, mode, batch_size, max_new_tokens,
+                                             padding_side, progress), kept, swap_orders)
     finally:
         model.train(was_training)
     if judge:
@@ -93,8 +98,11 @@ def evaluate_samples(model: nn.Module, processor: LlavaCompareProcessor, builder
     all_skipped = Counter(dict(skipped or {})) + Counter(dropped)
     if all_skipped:
         summary["skipped"] = dict(all_skipped)
+    if swap_orders > 0:
+        summary["swap"] = swap_summary(records, swap_orders, excluded)
     info = {**(run_info or {}), "mode": mode, "batch_size": batch_size, "padding_side": padding_side,
-            "max_new_tokens": max_new_tokens, "judge": judge, "runtime_s": round(time.time() - start, 3)}
+            "max_new_tokens": max_new_tokens, "judge": judge, "swap_orders": swap_orders,
+            "runtime_s": round(time.time() - start, 3)}
     if out_dir is not None:
         report.write_outputs(out_dir, records, kept, summary, info, report_max_items)
     if wandb:
@@ -119,7 +127,8 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
     summary = evaluate_samples(model, processor, make_builder(cfg, processor), samples,
                                Path(cfg.output_dir) / "eval" if first else None, cfg.eval.max_new_tokens,
                                batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info,
-                               skipped=samples.skipped, progress=first)
+                               skipped=samples.skipped, progress=first,
+                               swap_orders=int(OmegaConf.select(cfg, "eval.swap_orders", default=0)))
     if first:
         print(format_summary(summary), flush=True)
     return summary
@@ -131,6 +140,14 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
 
 
 _EVAL_PARSER: argparse.ArgumentParser | None = None
+
+
+def _count_arg(text: str) -> int:
+    """An integer >= 0 (argparse exits with the message otherwise)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
@@ -168,6 +185,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-marker", default=None, choices=["interleaved", "none"],
                    help="default: what the model was trained with")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--swap-orders", type=_count_arg, default=0, metavar="N",
+                   help="also score each multiple-choice item whose options name its images (Image 1..Image k) "
+                        "with its images in N other orders, the gold answer moved with them (at most k!-1: one "
+                        "for two images); reports accuracy over all orders, swap consistency and position "
+                        "pick rates (default 0: off)")
     p.add_argument("--device", default="auto", type=device_arg,
                    help="auto (CUDA when present, in bf16; default), cpu, cuda or cuda:N")
     p.add_argument("--report-max-items", type=int, default=1000,
@@ -242,7 +264,7 @@ def run_cli(args: argparse.Namespace) -> int:
                                    batch_size=args.batch_size, padding_side=args.padding_side, run_info=info,
                                    report_max_items=args.report_max_items, progress=not args.no_progress,
                                    wandb=use_wandb, wandb_project=args.wandb_project,
-                                   skipped=data.skipped, judge=args.judge)
+                                   skipped=data.skipped, judge=args.judge, swap_orders=args.swap_orders)
     finally:
         if use_wandb:
             import wandb

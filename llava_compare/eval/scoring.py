@@ -221,6 +221,8 @@ def _base_record(s: Sample, mode: str) -> dict[str, Any]:
                            "question": m.get("question", ""), "answer": m.get("answer")}
     if m.get("qa_type") is not None:
         rec["qa_type"] = m["qa_type"]
+    if m.get("direction") is not None:  # which way the question asks ("brighter" | "darker", ...)
+        rec["direction"] = str(m["direction"])
     if m.get("groups"):
         rec["groups"] = dict(m["groups"])
     rec["labelled"] = is_labelled(s)

@@ -3,7 +3,11 @@
 - accuracy per task next to chance, from *generated* answers parsed exactly as
   ``llava-compare eval --mode generate`` parses them; free-text tasks by exact match and token F1;
 - option log-likelihood on the same multiple-choice items, and how often the two agree;
-- a few example answers (question, generated answer, gold), one per task;
+- with ``eval.swap_orders`` N > 0: every item whose options name its images also answered with its
+  images in N other orders (``swaps.py``): accuracy over all orders, swap consistency and the
+  position pick rates against the gold position rates, per task, direction and image count;
+- a few example answers (question, generated answer, gold; the answer in another image order),
+  one per task and direction;
 - text-only chat prompts answered before and after training (is the LLM still a chat model?).
 
 Writes ``results.json``, ``predictions.jsonl`` (generated) and ``report.html`` to ``<run>/eval``
@@ -23,6 +27,7 @@ from ..data.sample import Message, Sample
 from .metrics import format_summary, is_mc, summarize
 from .scoring import batch_generate, prepare_all
 from .sharded import score_on_all_ranks, world
+from .swaps import score_in_orders, swap_summary
 
 
 def prompt_sample(prompt: str, sample_id: str = "chat") -> Sample:
@@ -61,14 +66,34 @@ def agreement(generated: Sequence[dict[str, Any]], loglik: Sequence[dict[str, An
 
 
 def examples(records: Sequence[dict[str, Any]], k: int = 3) -> list[dict[str, Any]]:
-    """Up to ``k`` records from distinct tasks (first item of each), for printing."""
+    """Up to ``k`` records from distinct (task, direction) pairs (first item of each), for printing;
+    an item scored in other image orders also shows its first other order and the answer there."""
     seen, out = set(), []
     for r in records:
-        if r["task"] not in seen and len(out) < k:
-            seen.add(r["task"])
-            out.append({"task": r["task"], "question": r["question"],
-                        "answer": r.get("generated", r.get("prediction")), "gold": r.get("answer")})
+        key = (r["task"], r.get("direction"))
+        if key not in seen and len(out) < k:
+            seen.add(key)
+            shown = {"task": r["task"], "question": r["question"],
+                     "answer": r.get("generated", r.get("prediction")), "gold": r.get("answer")}
+            if r.get("direction") is not None:
+                shown["direction"] = r["direction"]
+            if r.get("swaps"):
+                first = r["swaps"][0]
+                shown["swapped"] = {"order": first["order"], "gold": r["options"][first["gold_index"]],
+                                    "answer": first.get("generated", None if first["pred_index"] is None
+                                                        else r["options"][first["pred_index"]])}
+            out.append(shown)
     return out
+
+
+def _example_lines(e: dict[str, Any]) -> list[str]:
+    name = e["task"] + (f" {e['direction']}" if e.get("direction") else "")
+    lines = [f"  [{name}] Q: {e['question']}", f"      A: {e['answer']!r}   (gold: {e['gold']!r})"]
+    if e.get("swapped"):
+        sw = e["swapped"]
+        order = ", ".join(f"image {i + 1}" for i in sw["order"])
+        lines.append(f"      shown as ({order}): A: {sw['answer']!r}   (gold: {sw['gold']!r})")
+    return lines
 
 
 def format_report(summary: dict[str, Any], agree: dict[str, Any], shown: Sequence[dict[str, Any]],
@@ -79,7 +104,7 @@ def format_report(summary: dict[str, Any], agree: dict[str, Any], shown: Sequenc
              f"{agree['loglik_accuracy']:.3f}; agrees with the generated answer on {agree['agreement']:.3f} "
              f"({agree['unparsed']} generated answers unparsed)", "", "example answers:"]
     for e in shown:
-        lines.append(f"  [{e['task']}] Q: {e['question']}\n           A: {e['answer']!r}   (gold: {e['gold']!r})")
+        lines += _example_lines(e)
     for c in chats:
         lines += ["", f"text-only chat check: {c['prompt']}", f"  before stage 2: {c['before']!r}",
                   f"  after stage 2:  {c['after']!r}"]
@@ -88,18 +113,20 @@ def format_report(summary: dict[str, Any], agree: dict[str, Any], shown: Sequenc
 
 def user_report(model: nn.Module, processor: Any, builder: ConversationBuilder, samples: Sequence[Sample],
                 out_dir: str | Path, *, batch_size: int = 16, max_new_tokens: int = 16,
-                n_examples: int = 3, chats: Sequence[dict[str, str]] = (), run_info: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+                n_examples: int = 3, chats: Sequence[dict[str, str]] = (), run_info: dict[str, Any] | None = None,
+                swap_orders: int = 0) -> dict[str, Any]:
     """Score ``samples`` both ways, write the outputs, print the report; returns the summary with
-    ``agreement``, ``examples`` and ``chat`` added."""
+    ``agreement``, ``examples`` and ``chat`` added (and ``swap`` with ``swap_orders`` > 0: the
+    generated answers in other image orders)."""
     from .report import write_outputs
 
     kept, skipped = prepare_all(samples)
     was_training = model.training
     model.eval()
     try:  # every rank scores a share (ZeRO-3 / FSDP forwards need all of them); each gets all records
-        gen = score_on_all_ranks(model, processor, builder, kept, "generate", batch_size, max_new_tokens,
-                                 progress=False)
+        gen, excluded = score_in_orders(
+            lambda items: score_on_all_ranks(model, processor, builder, items, "generate", batch_size,
+                                             max_new_tokens, progress=False), kept, swap_orders)
         mc = [s for s in kept if s.meta["kind"] == "mc"]
         ll_by_id = {r["id"]: r for r in score_on_all_ranks(model, processor, builder, mc, "loglik", batch_size,
                                                            progress=False)}
@@ -108,13 +135,16 @@ def user_report(model: nn.Module, processor: Any, builder: ConversationBuilder, 
     summary = summarize(gen)
     if skipped:
         summary["skipped"] = skipped
+    if swap_orders > 0:
+        summary["swap"] = swap_summary(gen, swap_orders, excluded)
     agree = agreement([g for g in gen if g["id"] in ll_by_id], [ll_by_id[g["id"]] for g in gen if g["id"] in ll_by_id])
     shown = examples(gen, n_examples)
     extra = {"agreement": agree, "examples": shown, "chat": list(chats)}
     if world()[0] != 0:  # rank 0 writes and prints
         return {**summary, **extra}
     write_outputs(out_dir, gen, kept, summary, {**(run_info or {}), "mode": "generate",
-                                                 "max_new_tokens": max_new_tokens, "batch_size": batch_size})
+                                                 "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                                                 "swap_orders": swap_orders})
     (Path(out_dir) / "demo_report.json").write_text(json.dumps(extra, indent=2))
     print(format_report(summary, agree, shown, chats), flush=True)
     return {**summary, **extra}
@@ -138,4 +168,5 @@ def user_report_run(cfg: Any, model: nn.Module, processor: Any, builder: Convers
             "data": {"paths": [s.path for s in specs], "format": "mcq", "skipped": dict(samples.skipped)}}
     return user_report(model, processor, builder, samples, Path(cfg.output_dir) / "eval",
                        batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                       n_examples=cfg.eval.examples, chats=chats, run_info=info)
+                       n_examples=cfg.eval.examples, chats=chats, run_info=info,
+                       swap_orders=int(OmegaConf.select(cfg, "eval.swap_orders", default=0)))

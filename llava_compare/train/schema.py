@@ -184,6 +184,7 @@ class EvalConfig:
     examples: int = 3  # generate mode: example answers printed
     chat_prompts: list[str] = field(default_factory=list)  # text-only prompts answered before and after training
     chat_max_new_tokens: int = 48
+    swap_orders: int = 0  # also score image-option items in N other image orders (order bias; eval/swaps.py)
 
 
 @dataclass

@@ -97,3 +97,23 @@ def test_open_format_exact_match_and_f1_from_predictions(stage2_run, synth_dir, 
     open_m = json.loads((tmp_path / "results.json").read_text())["metrics"]["open"]
     assert open_m["exact_match"] == sum(p["prediction"].strip().lower() == gold[p["id"]].lower() for p in preds) / 5
     assert open_m["f1"] == pytest.approx(sum(token_f1(p["prediction"], gold[p["id"]]) for p in preds) / 5)
+
+
+def test_evaluate_run_reads_eval_swap_orders(stage2_run, synth_dir, tmp_path, capsys):
+    """``eval.swap_orders`` reaches the end-of-training eval: the synthetic 2-4-image items are
+    scored in other orders and results.json has the swap metrics."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import stage_cfg
+
+    out = stage2_run[1].output_dir
+    model, processor, _ = load(out)
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path, 1, "eval.swap_orders=2")
+    OmegaConf.update(cfg, "data.eval", [{"path": str(synth_dir / "eval.json")}], merge=False)
+    summary = evaluate_run(cfg, model, processor)
+    assert "order swaps: 2 other order(s) per item" in capsys.readouterr().out
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["swap_orders"] == 2 and results["metrics"]["swap"] == summary["swap"]
+    mc = [r for r in json.loads((synth_dir / "eval.json").read_text()) if r.get("options")]
+    assert summary["swap"]["overall"]["n"] == len(mc) and not summary["swap"]["excluded"]
+    assert summary["swap"]["orders_scored"]["2"] == 1

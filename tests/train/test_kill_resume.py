@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from llava_compare.train.checkpoints import STAGING, WRITING, is_complete, is_torn
 from llava_compare.train.fault_injection import ENV
 from tests.conftest import LORA, TINY_OVERRIDES
-from tests.train.torchrun import TORCHRUN, run_with_deadline
+from tests.train.torchrun import TORCHRUN, build_deepspeed_cpu_ops, run_with_deadline
 
 STEPS, GLOBAL_BATCH = 6, 4
 LAUNCHERS = {  # per-device batch 2: gradient accumulation 2 single-process, 1 under torchrun
@@ -45,6 +45,8 @@ def train(launcher: str, synth_dir: Path, out: Path, kill: str | None = None, di
             "save_steps=2", "save_total_limit=2", *extra]
     env = {k: v for k, v in os.environ.items() if k != ENV}
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", **({ENV: kill} if kill else {}))
+    if dist.startswith("zero"):
+        build_deepspeed_cpu_ops()
     return run_with_deadline([*LAUNCHERS[launcher], "recipe=tiny_demo_stage2", *args], out.parent, env)
 
 

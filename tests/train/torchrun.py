@@ -3,6 +3,7 @@ test instead of blocking CI."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -19,7 +20,22 @@ def torchrun(args: list[str], cwd: Path, deadline_s: int = DEADLINE_S) -> subpro
     """``torchrun --nproc_per_node=2 -m llava_compare.train ARGS``; fails the test when the run is
     still going after ``deadline_s`` (see :func:`run_with_deadline`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    if any(a.startswith("dist=zero") for a in args):
+        build_deepspeed_cpu_ops()
     return run_with_deadline([*TORCHRUN, "-m", "llava_compare.train", *args], cwd, env, deadline_s)
+
+
+@functools.cache
+def build_deepspeed_cpu_ops() -> None:
+    """Compile the DeepSpeed CPU ops the runs load (the shared-memory collectives of every ZeRO
+    config on CPU, CPU Adam of the offload configs) before any deadline starts: a first build takes
+    minutes on 2 cores, and a build killed by a deadline leaves torch's build lock behind, which
+    makes every later run wait on it for ever. Built once per machine (torch's extension cache)."""
+    code = ("from deepspeed.accelerator import get_accelerator\n"
+            "for name in ('ShareMemCommBuilder', 'CPUAdamBuilder'):\n"
+            "    get_accelerator().create_op_builder(name).load()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"DeepSpeed CPU ops did not build:\n{proc.stderr[-3000:]}"
 
 
 def run_with_deadline(cmd: list[str], cwd: Path, env: dict[str, str], deadline_s: int = DEADLINE_S
