@@ -411,3 +411,39 @@ def test_train_weights_set_train_shares_and_leave_eval_round_robin(tmp_path):
 def test_bad_train_weights(tmp_path, weights, match):
     with pytest.raises(ValueError, match=match):
         generate(tmp_path, n_train=10, n_eval=0, n_captions=0, train_weights=weights)
+
+
+CURRICULUM = {"share": 0.5, "directions": ["brighter", "brightest", "sharper", "sharpest", "more", "most"]}
+
+
+def test_curriculum_first_phase_asks_only_its_directions(tmp_path):
+    """The first half of the train split asks each property one way; the second every way, each
+    phase balanced in its own right; the eval split asks every direction."""
+    tasks = ["brightness", "blur", "count", "sharpest", "brightest", "most"]
+    generate(tmp_path, 96, 24, n_captions=0, tasks=tasks, curriculum=CURRICULUM)
+    train = json.loads((tmp_path / "train.json").read_text())
+    assert [r["curriculum_phase"] for r in train] == [0] * 48 + [1] * 48
+    first, second = train[:48], train[48:]
+    assert {r["direction"] for r in first} == set(CURRICULUM["directions"])
+    assert {r["direction"] for r in second} == {d for t in tasks for d in DIRECTIONS[t]}
+    for phase in (first, second):
+        groups = Counter((r["task"], r["direction"], len(r["image"]), _answer_idx(r)) for r in phase)
+        for (task, d, k, _), _n in groups.items():
+            per_pos = [groups.get((task, d, k, i), 0) for i in range(k)]
+            assert max(per_pos) - min(per_pos) <= 1, (task, d, k, per_pos)
+    evals = json.loads((tmp_path / "eval.json").read_text())
+    assert "curriculum_phase" not in evals[0] and {r["direction"] for r in evals} >= {"darker", "fewer", "blurrier"}
+    assert json.loads((tmp_path / "meta.json").read_text())["curriculum"] == CURRICULUM
+    assert synthetic.settings_mismatch(tmp_path, 96, 24, n_captions=0, tasks=tasks, curriculum=CURRICULUM) is None
+    assert "curriculum" in synthetic.settings_mismatch(tmp_path, 96, 24, n_captions=0, tasks=tasks)
+
+
+@pytest.mark.parametrize("curriculum, match", [
+    ({"share": 1.0, "directions": ["more"]}, "fraction in"),
+    ({"share": 0.5, "directions": ["louder"]}, "unknown direction"),
+    ({"share": 0.5, "directions": ["more"]}, "ask nothing of task"),
+    ({"share": 0.5}, "takes share and directions"),
+])
+def test_bad_curriculum(tmp_path, curriculum, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tmp_path, 10, 0, n_captions=0, tasks=["count", "blur"], curriculum=curriculum)

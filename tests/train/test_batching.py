@@ -222,3 +222,43 @@ def _with_callback(trainer_cls, callback):
             super().__init__(*args, **kwargs)
     return WithCallback
 
+
+
+def test_a_curriculum_run_trains_phase_by_phase_through_the_sequential_sampler(synth_dir, tmp_path, monkeypatch):
+    """data.curriculum=true: the Trainer's own sequential sampler reads the curriculum order, so
+    every micro-batch of phase 0 comes before any of phase 1 (the rows' ``curriculum_phase``)."""
+    import json
+
+    from llava_compare.train import main
+
+    rows = json.loads((synth_dir / "train.json").read_text())
+    for i, row in enumerate(rows):
+        row["curriculum_phase"] = i % 2
+        row["image"] = [str(synth_dir / p) for p in row["image"]]
+    data = tmp_path / "phased.json"
+    data.write_text(json.dumps(rows))
+    phase = {r["id"]: r["curriculum_phase"] for r in rows}
+    seen: list[list[str]] = []
+    real_step = main.CompareTrainer.training_step
+
+    def record(self, model, inputs, *args, **kwargs):
+        seen.append(list(inputs.get("sample_ids", [])))
+        return real_step(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(main.CompareTrainer, "training_step", record)
+    steps = len(rows) // 4
+    cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path / "run", steps, "data.curriculum=true",
+                    "data.packing=true", "optim.per_device_batch_size=4", "optim.global_batch_size=4",
+                    "init_from=null")
+    cfg.data.train = [{"path": str(data)}]
+    assert main.training_args(cfg).train_sampling_strategy == "sequential"
+    main.run(cfg)
+    phases = [phase[s] for batch in seen for s in batch]
+    assert len(phases) == len(rows) and phases == sorted(phases), phases
+
+
+@pytest.mark.parametrize("overrides", [["data.packing=false", "data.group_by_length=true"],
+                                       ["data.packing=true", "data.token_budget=4096"]])
+def test_a_curriculum_does_not_mix_with_another_sampling_plan(overrides):
+    with pytest.raises(ValueError, match="data.curriculum orders the samples itself"):
+        batching(compose_config(["model=tiny", "data.curriculum=true", *overrides]))
