@@ -23,7 +23,8 @@ from transformers import TrainingArguments, set_seed
 from ..data.pipeline import make_builder
 from ..loading import load, stage_meta, unwrap
 from ..data.dataset import CompareDataset
-from ..data.formats import SourceSpec, read_sources
+from ..data.formats import SourceSpec
+from ..data.table import open_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
 from ..model.sharding import gathered, is_zero3_param, is_zero3_partitioned, numel_counts
@@ -107,9 +108,15 @@ def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: A
     if not specs:
         raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
                          f"'data.{split}=[{{path: data/{split}.json}}]'")
-    samples = read_sources(specs, on_error=cfg.data.on_error)
+    # Rank 0 converts the files to Arrow and indexes them (once; cached by ``datasets``), then
+    # every rank opens the cached tables: no rank repeats a 500K-row JSON parse.
+    if world_size() > 1:
+        on_rank0(lambda: len(open_sources(specs, on_error=cfg.data.on_error, seed=cfg.seed)))
+    samples = open_sources(specs, on_error=cfg.data.on_error, seed=cfg.seed)
     if split == "train":
-        check_read_skips(samples.skipped, len(samples), cfg.data.max_skip_rate)
+        check_read_skips(samples.skipped, samples.usable_rows, cfg.data.max_skip_rate)
+        for line in samples.describe(processor.tokens_per_image):
+            log.info("%s", line)
     cache = feature_cache(cfg, model, processor, samples) if split == "train" else None
     dataset = CompareDataset(samples, processor, make_builder(cfg, processor), cfg.data.max_length,
                              on_error=cfg.data.on_error, feature_cache=cache,
