@@ -42,6 +42,7 @@ from .distributed import barrier, local_rank, on_rank0, rank, world_size
 from .fsdp import fsdp_enabled, refuse_unsupported, shard
 from .replay import chat_before, replay_from_config
 from .stages import configure_stage
+from .stream_state import StreamStateCallback, resume_stream
 from .trainer import CompareTrainer
 
 log = logging.getLogger("llava_compare")
@@ -101,13 +102,17 @@ def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     return model, processor, model_cfg
 
 
-def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: Any = None) -> CompareDataset:
+def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: Any = None) -> Any:
+    """The training (or eval) set: a ``CompareDataset`` over Arrow tables, or under
+    ``data.streaming`` this rank's ``StreamingSamples``."""
     specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data[split]]
     if split == "train" and cfg.data.replay is not None:  # written by run() before the dataset
-        specs.append(SourceSpec(path=cfg.data.replay.out))
+        specs.append(SourceSpec(path=cfg.data.replay.out, weight=cfg.data.replay.weight))
     if not specs:
         raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
                          f"'data.{split}=[{{path: data/{split}.json}}]'")
+    if split == "train" and cfg.data.streaming:
+        return make_stream(cfg, processor, specs)
     # Rank 0 converts the files to Arrow and indexes them (once; cached by ``datasets``), then
     # every rank opens the cached tables: no rank repeats a 500K-row JSON parse.
     if world_size() > 1:
@@ -123,6 +128,23 @@ def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: A
                              max_image_pixels=cfg.data.max_image_pixels)
     dataset.read_skipped = samples.skipped  # rows the reader could not use count too
     return dataset
+
+
+def make_stream(cfg: DictConfig, processor: Any, specs: list[SourceSpec]) -> Any:
+    """``data.streaming``: this rank's share of the mixed stream, encoded like map-style samples."""
+    from ..data.streaming import StreamingSamples, check_streamable
+
+    check_streamable(specs, cfg.optim.max_steps)
+    if cfg.data.feature_cache:
+        raise ValueError("data.feature_cache computes features for the whole image set up front; it does not "
+                         "work with data.streaming=true (set data.feature_cache=null)")
+    encoder = CompareDataset([], processor, make_builder(cfg, processor), cfg.data.max_length,
+                             on_error=cfg.data.on_error, max_image_pixels=cfg.data.max_image_pixels)
+    stream = StreamingSamples(specs, encoder, seed=cfg.seed, rank=rank(), world=world_size(),
+                              batch_size=cfg.optim.per_device_batch_size)
+    for line in stream.describe():
+        log.info("%s", line)
+    return stream
 
 
 def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> Any:
@@ -187,6 +209,8 @@ def training_args(cfg: DictConfig, plan: Batching | None = None) -> TrainingArgu
         # no save_total_limit: CompareTrainer keeps cfg.save_total_limit complete checkpoints itself
         save_strategy="steps", save_steps=cfg.save_steps,
         dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False,
+        # a stream resumes at its saved position (train/stream_state.py), not by replaying batches
+        ignore_data_skip=bool(cfg.data.streaming),
         ddp_find_unused_parameters=False, **dist_kwargs(cfg),
         disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
     )
@@ -256,12 +280,16 @@ def run(cfg: DictConfig) -> RunResult:
     builder = make_builder(cfg, processor)
     chats = before_training(cfg, model, processor, builder)
     train_set = make_dataset(cfg, processor, model=model)
+    streamed = bool(cfg.data.streaming)
+    if streamed and start:
+        resume_stream(train_set, start, rank(), world_size())
+    examples = train_set.head if streamed else train_set  # samples for the work before training
     vision_on_this_gpu(model)
     with gathered([*model.vision_tower.parameters(), model.get_input_embeddings().weight]), \
             gathered(model.compressor.parameters(), modify=True):
-        calibrate_compressor(model, train_set)  # once (input_norm=fixed / output_scale): stage 1, not init_from
+        calibrate_compressor(model, examples)  # once (input_norm=fixed / output_scale): stage 1, not init_from
     if rank() == 0:  # one sample as the model sees it: template / marker mistakes show before step 1
-        log_example(train_set, log)
+        log_example(examples, log)
     model = configure_stage(model, cfg.stage, cfg.peft)
     if cfg.optim.gradient_checkpointing:
         unwrap(model).config.use_cache = False
@@ -274,8 +302,8 @@ def run(cfg: DictConfig) -> RunResult:
     trainer = CompareTrainer(
         model=model, args=args, train_dataset=training_set(plan, train_set, cfg.seed, cfg.optim.per_device_batch_size),
         data_collator=FillSkippedBatches(collator(plan, processor.tokenizer.pad_token_id),
-                                         filler=first_usable_sample(train_set)),
-        processing_class=processor,
+                                         filler=first_usable_sample(examples)),
+        processing_class=processor, callbacks=[StreamStateCallback(train_set)] if streamed else None,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips, keep_checkpoints=cfg.save_total_limit,
     )
     result = trainer.train(resume_from_checkpoint=start)

@@ -95,6 +95,7 @@ class ReplayConfig:
     prompts: str = "configs/data/general_prompts.txt"  # one prompt per line (relative: cwd, then the repo)
     out: str = "outputs/replay.json"  # written once, reused while prompts and LLM are unchanged
     repeat: int = 1  # each answer this many times in the training data
+    weight: Optional[float] = None  # its mixture weight (needed when the other train sources have one)
     max_new_tokens: int = 64  # answers not finished within this are left out
 
 
