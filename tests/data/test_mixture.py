@@ -116,3 +116,20 @@ def test_allocate_and_parse_sampling():
     rule = parse_sampling("random:12.5%", "s")
     assert (rule.how, rule.amount, rule.percent, rule.size(80)) == ("random", 12.5, True, 10)
     assert parse_sampling("ALL", "s").size(5) == 5 and parse_sampling("first:9", "s").size(5) == 5
+
+
+def test_the_shipped_coinstruct_mix_follows_the_documented_rules(tmp_path):
+    """configs/data/coinstruct_mix.yaml at toy scale: all of Co-Instruct, a seeded 30 % of the
+    LLaVA mix, the first 40,000 text-only rows (here all 50) twice."""
+    from omegaconf import OmegaConf
+
+    from llava_compare.train.config import compose_config
+
+    cfg = compose_config(["recipe=stage2_coinstruct_mix"])
+    sizes = {"coinstruct": 20, "llava": 100, "text": 50}
+    specs = []
+    for entry, (name, n) in zip(cfg.data.train, sizes.items()):
+        spec = OmegaConf.to_container(entry)
+        spec.update(path=source(tmp_path, name, n, images=name != "text"), image_root=None)
+        specs.append(SourceSpec(**spec))
+    assert per_source(ids(open_sources(specs, seed=cfg.seed))) == {"coinstruct": 20, "llava": 30, "text": 100}
