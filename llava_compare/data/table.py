@@ -59,8 +59,9 @@ def _index_row(row: Any, index: int, ctx: RowContext, out: dict[str, list[Any]])
         out[name].append(value)
 
 
-def _index_columns(rows: Any, ctx: RowContext) -> dict[str, np.ndarray]:
-    """The index of one file's rows as numpy arrays (object arrays for the string columns)."""
+def _index_columns(rows: Any, ctx: RowContext) -> tuple[dict[str, np.ndarray], list[tuple[int, str, str, str]]]:
+    """The index of one file's rows: the numeric columns as numpy arrays, and the bad rows as
+    ``(row, kind, detail, sample_id)`` (only those rows' strings are ever turned into Python)."""
     import datasets
 
     if isinstance(rows, datasets.Dataset):
@@ -70,12 +71,16 @@ def _index_columns(rows: Any, ctx: RowContext) -> dict[str, np.ndarray]:
         index = rows.map(index_batch, batched=True, batch_size=1000, with_indices=True, fn_kwargs={"ctx": ctx},
                          remove_columns=rows.column_names, features=features, desc=f"indexing {ctx.source}")
         table = index.with_format("arrow")[:]
-        return {name: table.column(name).to_numpy(zero_copy_only=False) for name in INDEX_COLUMNS}
+        cols = {name: table.column(name).to_numpy() for name in ("ok", "n_images", "text_chars")}
+        bad_rows = np.nonzero(~cols["ok"])[0]
+        picked = table.select(["kind", "detail", "sample_id"]).take(bad_rows).to_pydict()
+        return cols, list(zip(bad_rows.tolist(), picked["kind"], picked["detail"], picked["sample_id"]))
     out: dict[str, list[Any]] = {name: [] for name in INDEX_COLUMNS}
     for i, row in enumerate(rows):
         _index_row(row, i, ctx, out)
-    return {name: np.asarray(values, dtype=object if name in ("kind", "detail", "sample_id") else None)
-            for name, values in out.items()}
+    cols = {name: np.asarray(out[name]) for name in ("ok", "n_images", "text_chars")}
+    bad = [(i, out["kind"][i], out["detail"][i], out["sample_id"][i]) for i in np.nonzero(~cols["ok"].astype(bool))[0]]
+    return cols, bad
 
 
 class SourceRows:
@@ -94,15 +99,14 @@ class SourceRows:
             if len(rows) == 0:
                 continue
             ctx = make_context(spec, rows[0], source, root)
-            cols = _index_columns(rows, ctx)
+            cols, bad_here = _index_columns(rows, ctx)
             starts.append(total)
             self.files.append((rows, ctx))
             ok = cols["ok"].astype(bool)
             usable.append(np.nonzero(ok)[0] + total)
             n_images.append(cols["n_images"][ok].astype(np.int32))
             chars.append(cols["text_chars"][ok].astype(np.int64))
-            for i in np.nonzero(~ok)[0]:
-                bad.append((int(i) + total, cols["kind"][i], cols["detail"][i], cols["sample_id"][i]))
+            bad += [(int(i) + total, kind, detail, sid) for i, kind, detail, sid in bad_here]
             total += len(rows)
         self._starts = starts
         cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
