@@ -123,3 +123,15 @@ def test_no_image_file_is_touched_at_open(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: seen.append(str(p)) or real_stat(p, *a, **k))
     open_sources([spec])
     assert not [p for p in seen if p.endswith("a.jpg")]
+
+
+def test_invalid_utf8_rows_are_skipped_as_the_list_reader_skips_them(tmp_path):
+    good = {"id": "g", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    bad = json.dumps({**good, "id": "b"}).encode().replace(b'"a"', b'"\xc3\x28"')
+    for suffix in (".json", ".jsonl"):
+        path = tmp_path / f"d{suffix}"
+        body = [json.dumps(good).encode(), bad]
+        path.write_bytes(b"[" + b",".join(body) + b"]" if suffix == ".json" else b"\n".join(body))
+        table = open_sources([SourceSpec(str(path))], on_error="skip")
+        assert [s.id for s in table] == ["g"] and table.skipped == {"non_utf8": 1}
+        assert table.skipped.examples == read_samples(SourceSpec(str(path)), on_error="skip").skipped.examples
