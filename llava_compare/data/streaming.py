@@ -184,7 +184,7 @@ class StreamingSamples(IterableDataset):
         return interleave_datasets(parts, probabilities=self.probabilities, seed=self.seed,
                                    stopping_strategy="first_exhausted")
 
-    def _rows(self, stream: Any) -> Iterator[dict[str, Any]]:
+    def rows(self, stream: Any) -> Iterator[dict[str, Any]]:
         # ``iter(batch_size=1)`` reads the stream in this process as it is: ``datasets`` splits a
         # stream over DataLoader workers only when the worker iterates the dataset object itself.
         for batch in stream.iter(batch_size=1):
@@ -200,7 +200,7 @@ class StreamingSamples(IterableDataset):
 
     def _samples(self, rank: int, world: int, n: int) -> list[Sample | DataError]:
         out: list[Sample | DataError] = []
-        for position, row in enumerate(self._rows(self.stream(rank, world))):
+        for position, row in enumerate(self.rows(self.stream(rank, world))):
             if position >= n:
                 break
             try:
@@ -215,7 +215,7 @@ class StreamingSamples(IterableDataset):
         stream = self.stream()
         if self.state is not None:
             stream.load_state_dict(self.state)
-        for offset, row in enumerate(self._rows(stream)):
+        for offset, row in enumerate(self.rows(stream)):
             if (offset // self.batch_size) % workers != worker:
                 continue  # another worker's batch
             position = self.position + offset
