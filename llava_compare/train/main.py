@@ -115,9 +115,10 @@ def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: A
         return make_stream(cfg, processor, specs)
     # Rank 0 converts the files to Arrow and indexes them (once; cached by ``datasets``), then
     # every rank opens the cached tables: no rank repeats a 500K-row JSON parse.
+    opened: list[Any] = []  # rank 0's tables, kept (the others open theirs from the cache after it)
     if world_size() > 1:
-        on_rank0(lambda: len(open_sources(specs, on_error=cfg.data.on_error, seed=cfg.seed)))
-    samples = open_sources(specs, on_error=cfg.data.on_error, seed=cfg.seed)
+        on_rank0(lambda: opened.append(open_sources(specs, on_error=cfg.data.on_error, seed=cfg.seed)))
+    samples = opened[0] if opened else open_sources(specs, on_error=cfg.data.on_error, seed=cfg.seed)
     if split == "train":
         check_read_skips(samples.skipped, samples.usable_rows, cfg.data.max_skip_rate)
         for line in samples.describe(processor.tokens_per_image):
