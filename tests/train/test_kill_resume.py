@@ -94,6 +94,7 @@ BINS = ("data.packing=true", "data.token_budget=512", "data.max_length=512", "op
 def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, extra, synth_dir, tmp_path):
     ref = train(launcher, synth_dir, tmp_path / "straight", extra=extra)
     assert ref.returncode == 0, ref.stderr[-3000:]
+    assert f"{synth_dir}/train.json: " in ref.stderr and "100.0% of samples" in ref.stderr  # the mixture log
     out = tmp_path / "killed"
 
     # 1. killed inside checkpoint 4's write: checkpoint-4 is torn (marked as being written, never
@@ -196,6 +197,7 @@ def test_streamed_run_sigkilled_twice_resumes_to_the_uninterrupted_weights(synth
     extra = ("data.streaming=true", "data.num_workers=2", stream_sources(synth_dir, tmp_path / "data"))
     ref = train("torchrun", synth_dir, tmp_path / "straight", extra=extra)
     assert ref.returncode == 0, ref.stderr[-3000:]
+    assert "compare: probability 75.0% of samples" in ref.stderr and "text: probability 25.0%" in ref.stderr
     out = tmp_path / "killed"
     proc = train("torchrun", synth_dir, out, kill="save:4", extra=extra)
     assert sigkilled(proc, "torchrun"), proc.stderr[-3000:]
