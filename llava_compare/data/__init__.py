@@ -2,7 +2,9 @@
 
 * ``sample``      -- the canonical ``Sample`` / ``Message`` and ``DataError``.
 * ``formats``     -- source specs and readers (files, folders, hub datasets); ``rows`` parses one row
-  (LLaVA, Mantis, mPLUG-Owl layouts, dataset image markers).
+  (LLaVA, Mantis, mPLUG-Owl layouts, dataset image markers); ``table`` -- training rows kept in
+  Arrow, parsed on access; ``mixture`` -- weight / repeat / sampling; ``streaming`` -- the
+  ``data.streaming`` IterableDataset with its resumable position.
 * ``checks``      -- every per-sample check (roles, text, placeholders, images); ``problems`` counts them.
 * ``conversation``-- templates, ``Image k:`` markers, label masks; ``processor`` -- tokenizer + image
   processor, image-token expansion.

@@ -67,7 +67,9 @@ class CompareDataset(Dataset):
                  feature_cache: FeatureCache | None = None, max_image_pixels: int | None = None):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        self.samples, self.processor, self.builder = list(samples), processor, builder
+        # A SampleTable stays as it is (rows parsed on access); any other sequence becomes a list.
+        self.samples = samples if hasattr(samples, "estimated_lengths") else list(samples)
+        self.processor, self.builder = processor, builder
         self.max_length, self.on_error = max_length, on_error
         self.feature_cache = feature_cache  # stage 1: cached ViT features instead of pixels
         self.max_image_pixels = max_image_pixels  # None: PIL's Image.MAX_IMAGE_PIXELS
@@ -80,13 +82,17 @@ class CompareDataset(Dataset):
         return len(self.samples)
 
     def meta_column(self, key: str) -> list[Any]:
-        """Each sample's ``meta[key]`` (None where absent), in row order."""
+        """Each sample's ``meta[key]`` (None where absent), in row order (a ``SampleTable``'s rows
+        are parsed once for it)."""
         return [s.meta.get(key) for s in self.samples]
 
     def estimated_lengths(self) -> list[int]:
         """Cheap token-count estimates for length-grouped sampling, without reading images or
-        tokenising: image tokens are exact, text is ~4 characters per token."""
+        tokenising: image tokens are exact, text is ~4 characters per token. From the index
+        columns of a ``SampleTable`` (no row is parsed), else from the samples."""
         per_image = self.processor.tokens_per_image
+        if hasattr(self.samples, "estimated_lengths"):
+            return self.samples.estimated_lengths(per_image).tolist()
         return [len(s.images) * per_image + sum(len(m.content) for m in s.messages) // 4
                 for s in self.samples]
 
@@ -148,7 +154,10 @@ class CompareDataset(Dataset):
         return found
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
-        sample = self.samples[index]
+        return self.item(self.samples[index])
+
+    def item(self, sample: Sample) -> dict[str, Any] | SkippedSample:
+        """``sample`` encoded, or (skip mode) the marker of its problem."""
         try:
             return self.encode(sample)
         except DataError as err:  # the checks turn every sample problem into one

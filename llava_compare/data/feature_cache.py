@@ -249,7 +249,10 @@ def build_feature_cache(model: Any, processor: Any, samples: Sequence[Any], root
     ``world_size`` are for a process without one). Single-process runs that share a folder
     (several seeds at once) take turns through a file lock: the first computes, the others read."""
     ranks = Ranks(rank, world_size)
-    images = _readable_images(samples)
+    # Rank 0 alone reads the samples and stat()s their images (a key is path + size + mtime), then
+    # hands the keys over: every rank doing it costs world-size x the metadata calls on a shared
+    # filesystem (558K images x 8 ranks for LCS-558K).
+    images = ranks.from_rank0(_readable_images(samples) if ranks.rank == 0 else None)
     folder = Path(root) / f"{fingerprint(model, processor)}-{_image_set_hash(images)}"
     if ranks.size > 1:  # ranks share the work; a lock held across the collectives could deadlock
         _check_same_folder(ranks, folder)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llava_compare.data.mixture import check_weight_and_repeat, parse_sampling
 from llava_compare.data.problems import ProblemLog
 from llava_compare.data.rows import DEFAULT_PLACEHOLDERS, RowContext, detect_format, marker_regex, parse_row
 from llava_compare.data.sample import DataError, Sample
@@ -59,7 +60,9 @@ class SourceSpec:
     ``path`` is a local .json/.jsonl/.parquet file, a directory of them (read in sorted name order,
     not recursively) or a hub dataset id ("owner/name"). ``split`` only applies to hub ids: local
     files are always read whole. ``image_root`` defaults to the data file's directory for local
-    files and to "leave paths as they are" for hub datasets.
+    files and to "leave paths as they are" for hub datasets. ``weight``, ``sampling`` and
+    ``repeat`` place the source in a mixture (``data/mixture.py`` says how they combine); the
+    readers here ignore them.
     """
 
     path: str
@@ -70,6 +73,9 @@ class SourceSpec:
     marker_pattern: str | None = None
     split: str = "train"
     max_samples: int | None = None
+    weight: float | None = None
+    sampling: str = "all"
+    repeat: float = 1.0
 
     def __post_init__(self) -> None:
         # Fail when the config is built, not halfway through reading many sources.
@@ -86,6 +92,8 @@ class SourceSpec:
         if self.placeholder == "":
             raise ValueError(f"{self.path}: placeholder must be a non-empty string or None")
         marker_regex(self.marker_pattern)  # raises ValueError on a bad regex
+        parse_sampling(self.sampling, self.path)
+        check_weight_and_repeat(self.weight, self.repeat, self.path)
 
 
 class ReadResult(list[Sample]):
@@ -142,7 +150,7 @@ def iter_samples(
     if limit == 0:
         return
     produced = 0
-    for source, rows, default_root in _open_source(spec):
+    for source, rows, default_root in open_files(spec):
         for sample in _iter_file(spec, source, rows, default_root, on_error, skipped):
             yield sample
             produced += 1
@@ -193,7 +201,7 @@ def make_context(spec: SourceSpec, first_row: Any, source: str, default_root: st
 # --------------------------------------------------------------------------------------------------
 
 
-def _open_source(spec: SourceSpec) -> Iterator[tuple[str, Iterable[Any], str | None]]:
+def open_files(spec: SourceSpec) -> Iterator[tuple[str, Iterable[Any], str | None]]:
     """Yield ``(source label, rows, default image root)`` per data file of the source."""
     files = resolve_data_files(spec.path)
     if files is None:

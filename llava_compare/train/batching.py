@@ -84,7 +84,19 @@ def batching(cfg: DictConfig) -> Batching:
     if data.token_budget is not None and data.token_budget < data.max_length:
         raise ValueError(f"data.token_budget {data.token_budget} < data.max_length {data.max_length}: "
                          "a sample of max_length would not fit a micro-batch; raise the budget")
-    grouped = not packed and (data.group_by_length or data.packing == "auto")
+    streamed = bool(data.get("streaming", False))
+    if streamed and data.token_budget is not None:
+        raise ValueError("data.token_budget plans bins from the lengths of the whole dataset, which a stream does "
+                         "not have up front: with data.streaming=true use data.token_budget=null (the collator "
+                         "still packs each micro-batch with data.packing=true)")
+    if streamed and data.group_by_length:
+        raise ValueError("data.group_by_length plans micro-batches over the whole dataset, which a stream does not "
+                         "have up front: with data.streaming=true set data.group_by_length=false")
+    if streamed and data.curriculum:
+        raise ValueError("data.curriculum orders the whole dataset, which a stream does not have up front: "
+                         "with data.streaming=true set data.curriculum=false")
+    # packing=auto groups by length where it does not pack: a stream is padded instead
+    grouped = not packed and not streamed and (data.group_by_length or data.packing == "auto")
     if data.curriculum and (grouped or data.token_budget is not None):
         raise ValueError("data.curriculum orders the samples itself; it cannot be combined with "
                          "data.group_by_length / data.packing=auto (padded) or data.token_budget: "

@@ -23,6 +23,8 @@ MAX_IMAGES = 256  # enough for per-channel means/stds of P patches each (256 x 6
 
 
 def _unique_images(dataset: CompareDataset, limit: int) -> list[Any]:
+    """Up to ``limit`` distinct readable images from the first samples: reading stops at the limit,
+    so start-up touches a few hundred files, never the whole dataset's."""
     seen: dict[str, Any] = {}
     for sample in dataset.samples:
         for im in sample.images:

@@ -23,7 +23,8 @@ from transformers import TrainingArguments, set_seed
 from ..data.pipeline import make_builder
 from ..loading import load, stage_meta, unwrap
 from ..data.dataset import CompareDataset
-from ..data.formats import SourceSpec, read_sources
+from ..data.formats import SourceSpec
+from ..data.table import open_sources
 from ..data.problems import ProblemLog
 from ..model.build import build_model
 from ..model.sharding import gathered, is_zero3_param, is_zero3_partitioned, numel_counts
@@ -41,6 +42,7 @@ from .distributed import barrier, local_rank, on_rank0, rank, world_size
 from .fsdp import fsdp_enabled, refuse_unsupported, shard
 from .replay import chat_before, replay_from_config
 from .stages import configure_stage
+from .stream_state import StreamStateCallback, resume_stream
 from .trainer import CompareTrainer
 
 log = logging.getLogger("llava_compare")
@@ -101,22 +103,50 @@ def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     return model, processor, model_cfg
 
 
-def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: Any = None) -> CompareDataset:
+def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: Any = None) -> Any:
+    """The training (or eval) set: a ``CompareDataset`` over Arrow tables, or under
+    ``data.streaming`` this rank's ``StreamingSamples``."""
     specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data[split]]
     if split == "train" and cfg.data.replay is not None:  # written by run() before the dataset
-        specs.append(SourceSpec(path=cfg.data.replay.out))
+        specs.append(SourceSpec(path=cfg.data.replay.out, weight=cfg.data.replay.weight))
     if not specs:
         raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
                          f"'data.{split}=[{{path: data/{split}.json}}]'")
-    samples = read_sources(specs, on_error=cfg.data.on_error)
+    if split == "train" and cfg.data.streaming:
+        return make_stream(cfg, processor, specs)
+    # Rank 0 converts the files to Arrow and indexes them (once; cached by ``datasets``), then
+    # every rank opens the cached tables: no rank repeats a 500K-row JSON parse.
+    opened: list[Any] = []  # rank 0's tables, kept (the others open theirs from the cache after it)
+    if world_size() > 1:
+        on_rank0(lambda: opened.append(open_sources(specs, on_error=cfg.data.on_error, seed=cfg.seed)))
+    samples = opened[0] if opened else open_sources(specs, on_error=cfg.data.on_error, seed=cfg.seed)
     if split == "train":
-        check_read_skips(samples.skipped, len(samples), cfg.data.max_skip_rate)
+        check_read_skips(samples.skipped, samples.usable_rows, cfg.data.max_skip_rate)
+        for line in samples.describe(processor.tokens_per_image):
+            log.info("%s", line)
     cache = feature_cache(cfg, model, processor, samples) if split == "train" else None
     dataset = CompareDataset(samples, processor, make_builder(cfg, processor), cfg.data.max_length,
                              on_error=cfg.data.on_error, feature_cache=cache,
                              max_image_pixels=cfg.data.max_image_pixels)
     dataset.read_skipped = samples.skipped  # rows the reader could not use count too
     return dataset
+
+
+def make_stream(cfg: DictConfig, processor: Any, specs: list[SourceSpec]) -> Any:
+    """``data.streaming``: this rank's share of the mixed stream, encoded like map-style samples."""
+    from ..data.streaming import StreamingSamples, check_streamable
+
+    check_streamable(specs, cfg.optim.max_steps)
+    if cfg.data.feature_cache:
+        raise ValueError("data.feature_cache computes features for the whole image set up front; it does not "
+                         "work with data.streaming=true (set data.feature_cache=null)")
+    encoder = CompareDataset([], processor, make_builder(cfg, processor), cfg.data.max_length,
+                             on_error=cfg.data.on_error, max_image_pixels=cfg.data.max_image_pixels)
+    stream = StreamingSamples(specs, encoder, seed=cfg.seed, rank=rank(), world=world_size(),
+                              batch_size=cfg.optim.per_device_batch_size)
+    for line in stream.describe():
+        log.info("%s", line)
+    return stream
 
 
 def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> Any:
@@ -182,6 +212,8 @@ def training_args(cfg: DictConfig, plan: Batching | None = None) -> TrainingArgu
         save_strategy="steps", save_steps=cfg.save_steps,
         dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False,
         train_sampling_strategy="sequential" if plan.curriculum else "random",
+        # a stream resumes at its saved position (train/stream_state.py), not by replaying batches
+        ignore_data_skip=bool(cfg.data.streaming),
         ddp_find_unused_parameters=False, **dist_kwargs(cfg),
         disable_tqdm=rank() != 0, use_cpu=not torch.cuda.is_available(),
     )
@@ -251,12 +283,16 @@ def run(cfg: DictConfig) -> RunResult:
     builder = make_builder(cfg, processor)
     chats = before_training(cfg, model, processor, builder)
     train_set = make_dataset(cfg, processor, model=model)
+    streamed = bool(cfg.data.streaming)
+    if streamed and start:
+        resume_stream(train_set, start, rank(), world_size())
+    examples = train_set.head if streamed else train_set  # samples for the work before training
     vision_on_this_gpu(model)
     with gathered([*model.vision_tower.parameters(), model.get_input_embeddings().weight]), \
             gathered(model.compressor.parameters(), modify=True):
-        calibrate_compressor(model, train_set)  # once (input_norm=fixed / output_scale): stage 1, not init_from
+        calibrate_compressor(model, examples)  # once (input_norm=fixed / output_scale): stage 1, not init_from
     if rank() == 0:  # one sample as the model sees it: template / marker mistakes show before step 1
-        log_example(train_set, log)
+        log_example(examples, log)
     model = configure_stage(model, cfg.stage, cfg.peft)
     if cfg.optim.gradient_checkpointing:
         unwrap(model).config.use_cache = False
@@ -269,8 +305,8 @@ def run(cfg: DictConfig) -> RunResult:
     trainer = CompareTrainer(
         model=model, args=args, train_dataset=training_set(plan, train_set, cfg.seed, cfg.optim.per_device_batch_size),
         data_collator=FillSkippedBatches(collator(plan, processor.tokenizer.pad_token_id),
-                                         filler=first_usable_sample(train_set)),
-        processing_class=processor,
+                                         filler=first_usable_sample(examples)),
+        processing_class=processor, callbacks=[StreamStateCallback(train_set)] if streamed else None,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips, keep_checkpoints=cfg.save_total_limit,
     )
     result = trainer.train(resume_from_checkpoint=start)

@@ -52,6 +52,15 @@ class ModelConfig:
 
 @dataclass
 class SourceConfig:
+    """One source of ``data.train`` / ``data.eval``. In a mixture (``data.train`` only):
+    ``sampling`` picks the source's pool of rows (``all`` | ``first:N%`` | ``random:N%`` |
+    ``first:N`` | ``random:N``, random ones drawn with the run's seed); ``repeat`` (> 0) makes its
+    count per epoch ``repeat x pool`` draws; ``weight`` (> 0, on every source or none) then
+    redistributes the epoch's total draws in proportion to the weights, each source cycling
+    through its pool in seeded random order. Under ``data.streaming`` the weights are the
+    interleaving probabilities (needed with more than one source), ``sampling`` may only be
+    ``all`` or ``first:N`` and ``repeat`` must be 1 (a stream cycles until ``optim.max_steps``).
+    docs/data.md has worked examples; ``data/mixture.py`` is the implementation."""
     path: str = "???"
     format: str = "auto"  # llava | mantis | owl | auto
     placeholder: Optional[str] = None
@@ -59,7 +68,10 @@ class SourceConfig:
     markers: str = "keep"  # keep | replace: what to do with a dataset's own image markers
     marker_pattern: Optional[str] = None
     split: str = "train"
-    max_samples: Optional[int] = None
+    max_samples: Optional[int] = None  # read limit on usable rows, applied before sampling
+    weight: Optional[float] = None
+    sampling: str = "all"
+    repeat: float = 1.0
 
 
 @dataclass
@@ -88,6 +100,7 @@ class ReplayConfig:
     prompts: str = "configs/data/general_prompts.txt"  # one prompt per line (relative: cwd, then the repo)
     out: str = "outputs/replay.json"  # written once, reused while prompts and LLM are unchanged
     repeat: int = 1  # each answer this many times in the training data
+    weight: Optional[float] = None  # its mixture weight (needed when the other train sources have one)
     max_new_tokens: int = 64  # answers not finished within this are left out
 
 
@@ -118,6 +131,10 @@ class DataConfig:
     curriculum: bool = False
     feature_cache: Optional[str] = None  # stage 1 (frozen ViT): folder for cached ViT features
     num_workers: int = 0
+    # true: read data.train as a stream (datasets.IterableDataset, data/streaming.py): split over
+    # ranks and DataLoader workers, sources interleaved by weight, resumed exactly from the
+    # checkpoint's stream state; needs optim.max_steps. false: Arrow tables (data/table.py).
+    streaming: bool = False
 
 
 @dataclass

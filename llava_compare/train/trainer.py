@@ -85,6 +85,22 @@ class CompareTrainer(Trainer):
         self._samples_seen = (marker or {}).get("samples_seen", 0) if self.args.process_index == 0 else 0
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def get_train_dataloader(self) -> Any:
+        """A training set that splits itself over ranks and workers (``data.streaming``:
+        ``StreamingSamples.splits_itself``) gets its DataLoader here, prepared for one process:
+        accelerate shards an ``IterableDataset`` over the ranks itself (every rank reading the whole
+        stream and encoding what it then drops), which would split the rank's share a second time."""
+        dataset = self.train_dataset
+        if not getattr(dataset, "splits_itself", False):
+            return super().get_train_dataloader()
+        from accelerate.data_loader import prepare_data_loader
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return prepare_data_loader(loader, device=self.args.device, num_processes=1, process_index=0,
+                                   put_on_device=True, dispatch_batches=False)
+
     def _watch_compute_dtypes(self) -> None:
         """Record, at the first training forward, the dtype the compressor and a Linear of the first
         LLM block really computed in (engine casts and autocast decide it, not the config): the run's

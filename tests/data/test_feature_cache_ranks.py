@@ -33,6 +33,9 @@ def _worker(rank: int, tmp: str, captions: str, stale_folder: str) -> None:
     samples = read_sources([SourceSpec(path=captions)])
     out: dict = {}
     fc.PROBE_WAIT_S = 1.0
+    keyed: list = []  # image keys this rank computed (each a stat() of the image file)
+    real_key = fc.image_key
+    fc.image_key = lambda image: keyed.append(image) or real_key(image)
     try:
         fc.build_feature_cache(model, processor, samples, f"{tmp}/node{rank}", rank, 2, timeout_s=5)
     except Exception as err:  # noqa: BLE001 -- the test checks which, on both ranks
@@ -45,6 +48,7 @@ def _worker(rank: int, tmp: str, captions: str, stale_folder: str) -> None:
         out["features"] = {k: cache[k].tolist() for k in sorted(cache.index)}
     except Exception as err:  # noqa: BLE001 -- reported by the test, with the rank
         out["shared"] = f"{type(err).__name__}: {err}"
+    out["keyed"] = len(keyed)
     Path(tmp, f"rank{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
 
@@ -105,3 +109,10 @@ def test_leftovers_of_a_four_rank_run_do_not_complete_a_two_rank_cache(two_ranks
     marker = json.loads((folder / "complete.json").read_text())
     assert marker["world_size"] == 2 and len(marker["index"]) == 2
     assert not (folder / "index-rank002.json").exists() and not (folder / "rank002-00000.safetensors").exists()
+
+
+def test_only_rank_0_stats_the_image_files(two_ranks):
+    """Keys (path + size + mtime) are computed on rank 0 and handed over: on a shared filesystem
+    every rank stat()-ing every image multiplies the metadata calls by the world size."""
+    results, reference, _ = two_ranks
+    assert results[0]["keyed"] >= len(reference) and results[1]["keyed"] == 0

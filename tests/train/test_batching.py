@@ -262,3 +262,18 @@ def test_a_curriculum_run_trains_phase_by_phase_through_the_sequential_sampler(s
 def test_a_curriculum_does_not_mix_with_another_sampling_plan(overrides):
     with pytest.raises(ValueError, match="data.curriculum orders the samples itself"):
         batching(compose_config(["model=tiny", "data.curriculum=true", *overrides]))
+
+
+def test_a_stream_refuses_planned_micro_batches_and_pads_under_auto():
+    """Bins and length groups are planned from the whole set's lengths, which a stream does not
+    have: refused with what to set; ``packing: auto`` pads under sdpa instead of grouping."""
+    base = ["recipe=tiny_demo_stage2", "model.attn_implementation=sdpa", "data.streaming=true"]
+    with pytest.raises(ValueError, match="data.token_budget plans bins .* data.streaming=true use data.token_budget=null"):
+        batching(compose_config([*base, "data.packing=true", "data.token_budget=4096"]))
+    with pytest.raises(ValueError, match="with data.streaming=true set data.group_by_length=false"):
+        batching(compose_config([*base, "data.packing=false", "data.group_by_length=true"]))
+    plan = batching(compose_config([*base, "data.packing=auto"]))
+    assert not plan.packed and not plan.group_by_length
+    assert batching(compose_config([*base, "data.packing=true"])).packed
+    with pytest.raises(ValueError, match="with data.streaming=true set data.curriculum=false"):
+        batching(compose_config([*base, "data.packing=true", "data.curriculum=true"]))

@@ -94,6 +94,7 @@ BINS = ("data.packing=true", "data.token_budget=512", "data.max_length=512", "op
 def test_sigkilled_run_resumes_to_the_uninterrupted_weights(launcher, extra, synth_dir, tmp_path):
     ref = train(launcher, synth_dir, tmp_path / "straight", extra=extra)
     assert ref.returncode == 0, ref.stderr[-3000:]
+    assert f"{synth_dir}/train.json: " in ref.stderr and "100.0% of samples" in ref.stderr  # the mixture log
     out = tmp_path / "killed"
 
     # 1. killed inside checkpoint 4's write: checkpoint-4 is torn (marked as being written, never
@@ -170,5 +171,46 @@ def test_sharded_run_sigkilled_mid_step_resumes_to_the_uninterrupted_weights(dis
     assert f"resuming from {out / 'checkpoint-4'}" in proc.stderr and "missing keys" not in proc.stderr
     assert_engine(out, dist)
     assert_same_weights(tmp_path / "straight", out, dist)
+    assert samples_seen(out) == samples_seen(tmp_path / "straight") == STEPS * GLOBAL_BATCH
+    assert complete(out) == ["checkpoint-4", "checkpoint-6"]
+
+
+def stream_sources(synth_dir: Path, folder: Path) -> str:
+    """The synthetic comparison rows as two JSONL shards, plus a text-only source, weighted 3:1."""
+    rows = json.loads((synth_dir / "train.json").read_text())
+    (folder / "compare").mkdir(parents=True)
+    (folder / "text").mkdir()
+    for k in range(2):
+        with (folder / "compare" / f"part-{k}.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows[k::2])
+    with (folder / "text" / "part-0.jsonl").open("w") as f:
+        for i in range(40):
+            f.write(json.dumps({"id": f"text-{i}", "conversations": [
+                {"from": "human", "value": f"Say the number {i}."}, {"from": "gpt", "value": f"{i}"}]}) + "\n")
+    return (f"data.train=[{{path: {folder}/compare, image_root: {synth_dir}, weight: 3}}, "
+            f"{{path: {folder}/text, weight: 1}}]")
+
+
+def test_streamed_run_sigkilled_twice_resumes_to_the_uninterrupted_weights(synth_dir, tmp_path):
+    """``data.streaming`` under 2 processes with 2 DataLoader workers each: killed mid-save, then
+    mid-step; each resume=auto continues the stream at the checkpoint's saved position."""
+    extra = ("data.streaming=true", "data.num_workers=2", stream_sources(synth_dir, tmp_path / "data"))
+    ref = train("torchrun", synth_dir, tmp_path / "straight", extra=extra)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert "compare: probability 75.0% of samples" in ref.stderr and "text: probability 25.0%" in ref.stderr
+    out = tmp_path / "killed"
+    proc = train("torchrun", synth_dir, out, kill="save:4", extra=extra)
+    assert sigkilled(proc, "torchrun"), proc.stderr[-3000:]
+    assert complete(out) == ["checkpoint-2"] and is_torn(out / "checkpoint-4")
+    assert {"stream_state_rank0.json", "stream_state_rank1.json"} <= {p.name for p in (out / "checkpoint-2").iterdir()}
+
+    proc = train("torchrun", synth_dir, out, kill="step:5:1", extra=extra)
+    assert sigkilled(proc, "torchrun"), proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr and "checkpoint-2" in proc.stderr and "stream resumed at row 4" in proc.stderr
+    proc = train("torchrun", synth_dir, out, extra=extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint-4" in proc.stderr and "stream resumed at row 8" in proc.stderr
+
+    assert_same_weights(tmp_path / "straight", out, "streaming")
     assert samples_seen(out) == samples_seen(tmp_path / "straight") == STEPS * GLOBAL_BATCH
     assert complete(out) == ["checkpoint-4", "checkpoint-6"]
