@@ -127,12 +127,18 @@ def _generate_item(
 def _plan_train(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Generator,
                 weights: Mapping[str, float] | None, curriculum: Mapping[str, Any] | None) -> list[Slot]:
     """The train split's slots: one plan, or (curriculum) a first phase of ``share`` of the split
-    asking only ``directions``, then the rest asking every direction."""
+    asking only ``directions`` (of the tasks that have one), then the rest asking everything."""
     if not curriculum:
         return _plan_split(n, tasks, cfg, rng, weights)
     first = round(n * curriculum["share"])
-    return (_plan_split(first, tasks, cfg, rng, weights, curriculum["directions"])
+    early = _first_phase_tasks(tasks, curriculum["directions"])
+    return (_plan_split(first, early, cfg, rng, weights, curriculum["directions"])
             + _plan_split(n - first, tasks, cfg, rng, weights))
+
+
+def _first_phase_tasks(tasks: Sequence[str], directions: Sequence[str]) -> list[str]:
+    """The tasks a curriculum's first phase asks: those with one of its ``directions``."""
+    return [t for t in tasks if set(DIRECTIONS.get(t, ())) & set(directions)]
 
 
 def _record(split: str, index: int, item: Item, task: str, paths: list[str]) -> dict[str, Any]:
@@ -200,10 +206,9 @@ def _validate_curriculum(curriculum: Mapping[str, Any], tasks: Sequence[str]) ->
     if set(asked) - known:
         raise ValueError(f"curriculum names unknown direction(s) {sorted(set(asked) - known)}; "
                          f"valid: {', '.join(sorted(known))}")
-    missing = [t for t in tasks if t in DIRECTIONS and not set(DIRECTIONS[t]) & set(asked)]
-    if missing:
-        raise ValueError(f"curriculum directions ask nothing of task(s) {missing} in the first phase; "
-                         f"add one of their directions: {', '.join(d for t in missing for d in DIRECTIONS[t])}")
+    if not _first_phase_tasks(tasks, asked):
+        raise ValueError(f"curriculum directions {asked} ask nothing of the tasks {list(tasks)}; "
+                         "name at least one of their directions")
 
 
 def _validate(n_train: int, n_eval: int, n_captions: int, image_size: int, tasks: Sequence[str]) -> None:
@@ -245,7 +250,8 @@ def generate(
     ``train_weights`` ({task: weight}; tasks left out get 0) sets the train split's task shares;
     the eval split stays round robin, so every task is scored on the same number of items.
     ``curriculum`` ({"share": f, "directions": [...]}) makes the first ``f`` of the train split ask
-    only those directions (``curriculum_phase`` 0) and the rest every direction (phase 1), for a
+    only those directions, of the tasks that have one (``curriculum_phase`` 0), and the rest every
+    task and direction (phase 1), for a
     recipe with ``data.curriculum=true``; the eval split asks every direction.
 
     The summary has ``out_dir``, ``counts`` ({split: {task: n}}), ``images`` ({split: n_png}),

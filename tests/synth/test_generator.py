@@ -413,18 +413,20 @@ def test_bad_train_weights(tmp_path, weights, match):
         generate(tmp_path, n_train=10, n_eval=0, n_captions=0, train_weights=weights)
 
 
-CURRICULUM = {"share": 0.5, "directions": ["brighter", "brightest", "sharper", "sharpest", "more", "most"]}
+CURRICULUM = {"share": 0.5, "directions": ["brighter", "blurrier", "more"]}
 
 
 def test_curriculum_first_phase_asks_only_its_directions(tmp_path):
-    """The first half of the train split asks each property one way; the second every way, each
-    phase balanced in its own right; the eval split asks every direction."""
+    """The first half of the train split asks each property one way, 2-image questions only (no
+    multi-image direction listed); the second every task and way, each phase balanced in its own
+    right; the eval split asks every direction."""
     tasks = ["brightness", "blur", "count", "sharpest", "brightest", "most"]
     generate(tmp_path, 96, 24, n_captions=0, tasks=tasks, curriculum=CURRICULUM)
     train = json.loads((tmp_path / "train.json").read_text())
     assert [r["curriculum_phase"] for r in train] == [0] * 48 + [1] * 48
     first, second = train[:48], train[48:]
     assert {r["direction"] for r in first} == set(CURRICULUM["directions"])
+    assert Counter(r["task"] for r in first) == {"brightness": 16, "blur": 16, "count": 16}
     assert {r["direction"] for r in second} == {d for t in tasks for d in DIRECTIONS[t]}
     for phase in (first, second):
         groups = Counter((r["task"], r["direction"], len(r["image"]), _answer_idx(r)) for r in phase)
@@ -441,7 +443,7 @@ def test_curriculum_first_phase_asks_only_its_directions(tmp_path):
 @pytest.mark.parametrize("curriculum, match", [
     ({"share": 1.0, "directions": ["more"]}, "fraction in"),
     ({"share": 0.5, "directions": ["louder"]}, "unknown direction"),
-    ({"share": 0.5, "directions": ["more"]}, "ask nothing of task"),
+    ({"share": 0.5, "directions": ["brightest"]}, "ask nothing of the tasks"),
     ({"share": 0.5}, "takes share and directions"),
 ])
 def test_bad_curriculum(tmp_path, curriculum, match):
