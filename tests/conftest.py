@@ -57,10 +57,14 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    from llava_compare.synth import generate
+    from llava_compare.synth import difficulty, generate
 
     out = tmp_path_factory.mktemp("synth")
-    generate(out, n_train=40, n_eval=20, seed=0, image_size=32, n_captions=40)
+    # The demo's kind of data (flat scenes, each 2-image question one way, the first five tasks):
+    # row positions and image counts the tests below rely on.
+    generate(out, n_train=40, n_eval=20, seed=0, image_size=32, n_captions=40,
+             tasks=["brightness", "blur", "count", "change", "sharpest"],
+             directions=["brighter", "blurrier", "more", "sharpest"], config=difficulty("flat"))
     return out
 
 

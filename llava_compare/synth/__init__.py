@@ -9,7 +9,7 @@ Neighbours: imports only ``llava_compare.data`` (the ``<image>`` placeholder); u
 ``synth`` command, by ``train`` (demo recipes generate their data on first use) and by tests.
 """
 
-from .config import TASKS, Difficulty
+from .config import TASKS, Difficulty, difficulty
 from .generator import generate, settings_mismatch
 
-__all__ = ["TASKS", "Difficulty", "generate", "settings_mismatch"]
+__all__ = ["TASKS", "Difficulty", "difficulty", "generate", "settings_mismatch"]

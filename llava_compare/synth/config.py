@@ -141,6 +141,24 @@ def _check_range(
         raise ValueError(f"{name} values must be {bound}, got {value!r}")
 
 
+#: Named looks (``style``): "photo" (the defaults above: texture, casts, uneven light, grain,
+#: sensor noise) and "flat" (flat-coloured shapes on hard-edged grey textures, no light falloff,
+#: grain or noise), the look the real-weights demo learns within its 300 steps.
+STYLES: dict[str, dict[str, object]] = {
+    "photo": {},
+    "flat": {"object_radius": (4.5, 7.0), "backgrounds": ("stripes", "checker", "noise"),
+             "background_contrast": (35.0, 70.0), "colour_cast": 15.0, "colour_jitter": 0.0,
+             "grain": (0.0, 0.0), "illumination": (0.0, 0.0), "sensor_noise": (0.0, 0.0)},
+}
+
+
+def difficulty(style: str = "photo") -> Difficulty:
+    """The :class:`Difficulty` of a named style (``STYLES``)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown synth style {style!r}; valid: {', '.join(STYLES)}")
+    return Difficulty(**STYLES[style])  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class Ctx:
     """What every generator function needs besides the RNG."""

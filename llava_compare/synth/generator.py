@@ -125,15 +125,16 @@ def _generate_item(
 
 
 def _plan_train(n: int, tasks: Sequence[str], cfg: Difficulty, rng: np.random.Generator,
-                weights: Mapping[str, float] | None, curriculum: Mapping[str, Any] | None) -> list[Slot]:
+                weights: Mapping[str, float] | None, curriculum: Mapping[str, Any] | None,
+                directions: Sequence[str] | None = None) -> list[Slot]:
     """The train split's slots: one plan, or (curriculum) a first phase of ``share`` of the split
     asking only ``directions`` (of the tasks that have one), then the rest asking everything."""
     if not curriculum:
-        return _plan_split(n, tasks, cfg, rng, weights)
+        return _plan_split(n, tasks, cfg, rng, weights, directions)
     first = round(n * curriculum["share"])
     early = _first_phase_tasks(tasks, curriculum["directions"])
     return (_plan_split(first, early, cfg, rng, weights, curriculum["directions"])
-            + _plan_split(n - first, tasks, cfg, rng, weights))
+            + _plan_split(n - first, tasks, cfg, rng, weights, directions))
 
 
 def _first_phase_tasks(tasks: Sequence[str], directions: Sequence[str]) -> list[str]:
@@ -211,6 +212,16 @@ def _validate_curriculum(curriculum: Mapping[str, Any], tasks: Sequence[str]) ->
                          "name at least one of their directions")
 
 
+def _validate_directions(directions: Sequence[str], tasks: Sequence[str]) -> None:
+    known = {d for ds in DIRECTIONS.values() for d in ds}
+    if isinstance(directions, str) or set(directions) - known:
+        raise ValueError(f"directions must be a list of: {', '.join(sorted(known))}; got {directions!r}")
+    missing = [t for t in tasks if t in DIRECTIONS and not set(DIRECTIONS[t]) & set(directions)]
+    if missing:
+        raise ValueError(f"directions {list(directions)} leave task(s) {missing} nothing to ask; "
+                         f"add one of: {', '.join(d for t in missing for d in DIRECTIONS[t])}")
+
+
 def _validate(n_train: int, n_eval: int, n_captions: int, image_size: int, tasks: Sequence[str]) -> None:
     for name, value in (("n_train", n_train), ("n_eval", n_eval), ("n_captions", n_captions)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -244,6 +255,7 @@ def generate(
     config: Difficulty | None = None,
     train_weights: Mapping[str, float] | None = None,
     curriculum: Mapping[str, Any] | None = None,
+    directions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write the synthetic dataset under ``out_dir`` and return a summary.
 
@@ -253,6 +265,7 @@ def generate(
     only those directions, of the tasks that have one (``curriculum_phase`` 0), and the rest every
     task and direction (phase 1), for a
     recipe with ``data.curriculum=true``; the eval split asks every direction.
+    ``directions`` limits every split to those directions (None: all).
 
     The summary has ``out_dir``, ``counts`` ({split: {task: n}}), ``images`` ({split: n_png}),
     ``files`` ({"train"|"eval"|"captions"|"meta": path}) and ``redraws`` (eval samples redrawn
@@ -266,6 +279,8 @@ def generate(
         _validate_weights(train_weights, tasks)
     if curriculum:
         _validate_curriculum(curriculum, tasks)
+    if directions is not None:
+        _validate_directions(directions, tasks)
     cfg = config or Difficulty()
     ctx = Ctx(image_size, cfg)
     out = Path(out_dir)
@@ -274,7 +289,7 @@ def generate(
     # Independent streams: eval content does not depend on n_train, and splits share no draws.
     seeds = np.random.SeedSequence(seed).spawn(3)
     train_rng, eval_rng, cap_rng = (np.random.default_rng(s) for s in seeds)
-    train_slots = _plan_train(n_train, tasks, cfg, train_rng, train_weights, curriculum)
+    train_slots = _plan_train(n_train, tasks, cfg, train_rng, train_weights, curriculum, directions)
     train, train_h, _ = _generate_split(out, "train", train_slots, ctx, train_rng, set())
     if curriculum:
         first = round(n_train * curriculum["share"])
@@ -283,7 +298,7 @@ def generate(
     cap_slots = [Slot("caption", 1)] * n_captions
     captions, cap_h, _ = _generate_split(out, "captions", cap_slots, ctx, cap_rng, set())
     # Eval last, checked against everything a model may have been trained on.
-    eval_slots = _plan_split(n_eval, tasks, cfg, eval_rng)
+    eval_slots = _plan_split(n_eval, tasks, cfg, eval_rng, directions=directions)
     evals, _, redraws = _generate_split(out, "eval", eval_slots, ctx, eval_rng, train_h | cap_h)
 
     splits = {"train": train, "eval": evals, "captions": captions}
@@ -292,6 +307,8 @@ def generate(
         meta["train_weights"] = dict(train_weights)
     if curriculum:
         meta["curriculum"] = _plain_curriculum(curriculum)
+    if directions is not None:
+        meta["directions"] = list(directions)
     return _write_outputs(out, splits, meta, redraws)
 
 
@@ -315,10 +332,12 @@ def settings_mismatch(
     train_weights: Mapping[str, float] | None = None,
     tasks: Sequence[str] | None = None,
     curriculum: Mapping[str, Any] | None = None,
+    directions: Sequence[str] | None = None,
+    config: Difficulty | None = None,
 ) -> str | None:
     """None when ``out_dir`` holds what :func:`generate` writes for these arguments (read from its
     meta.json, which is written last); otherwise why not, in words. The signature mirrors
-    :func:`generate`'s, less ``config``, which training configs do not set."""
+    :func:`generate`'s."""
     meta_file = Path(out_dir) / "meta.json"
     if not meta_file.is_file():
         return f"no {meta_file} yet"
@@ -326,9 +345,12 @@ def settings_mismatch(
     want = {"seed": seed, "image_size": image_size, "train_weights": dict(train_weights) if train_weights else None,
             "tasks": list(TASKS if tasks is None else tasks), "version": VERSION,
             "curriculum": _plain_curriculum(curriculum),
+            "directions": list(directions) if directions is not None else None,
+            "config": json.loads(json.dumps(asdict(config or Difficulty()))),
             "counts": {"train": n_train, "eval": n_eval, "captions": _caption_count(n_train, n_captions)}}
     have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "train_weights": meta.get("train_weights"),
             "tasks": meta.get("tasks"), "version": meta.get("version"), "curriculum": meta.get("curriculum"),
+            "directions": meta.get("directions"), "config": meta.get("config"),
             "counts": {split: sum(c.values()) for split, c in meta.get("counts", {}).items()}}
     return None if have == want else f"it was made with {have}, not {want}"
 

@@ -60,13 +60,15 @@ def ensure_synth_data(cfg: DictConfig) -> None:
     synth = cfg.data.synth
     if synth is None:
         return
-    from ..synth import generate, settings_mismatch
+    from ..synth import difficulty, generate, settings_mismatch
 
     weights = OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
     args = (synth.dir, synth.n_train, synth.n_eval)
     kwargs = {"seed": synth.seed, "image_size": synth.image_size, "n_captions": synth.n_captions,
               "train_weights": weights, "tasks": list(synth.tasks) if synth.tasks else None,
-              "curriculum": OmegaConf.to_container(synth.curriculum) if synth.curriculum else None}
+              "curriculum": OmegaConf.to_container(synth.curriculum) if synth.curriculum else None,
+              "directions": list(synth.directions) if synth.directions is not None else None,
+              "config": difficulty(synth.style)}
     why = settings_mismatch(*args, **kwargs) if rank() == 0 else None
     if why:
         log.info("generating synthetic data into %s (%s)", synth.dir, why)

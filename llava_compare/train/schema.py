@@ -92,6 +92,10 @@ class SynthConfig:
     # {share, directions}: the train split's first `share` asks only `directions` (curriculum
     # phase 0), the rest every direction; train it in order with data.curriculum=true.
     curriculum: Optional[Any] = None
+    # The look of the scenes: "photo" or "flat" (synth/config.py: STYLES).
+    style: str = "photo"
+    # The directions asked in every split (e.g. [brighter, blurrier, more]); None: all.
+    directions: Optional[list[str]] = None
 
 
 @dataclass

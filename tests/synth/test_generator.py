@@ -449,3 +449,23 @@ def test_curriculum_first_phase_asks_only_its_directions(tmp_path):
 def test_bad_curriculum(tmp_path, curriculum, match):
     with pytest.raises(ValueError, match=match):
         generate(tmp_path, 10, 0, n_captions=0, tasks=["count", "blur"], curriculum=curriculum)
+
+
+def test_flat_style_and_directions_give_the_demo_data(tmp_path):
+    """The demo's data: flat scenes (no grain, light falloff or sensor noise) asking each 2-image
+    question one way, in both splits; recorded in meta.json and checked by settings_mismatch."""
+    from llava_compare.synth.config import difficulty
+
+    asked = ["brighter", "blurrier", "more", "sharpest"]
+    kwargs = {"n_captions": 0, "tasks": ["brightness", "blur", "count", "sharpest"], "directions": asked,
+              "config": difficulty("flat")}
+    generate(tmp_path, 40, 20, **kwargs)
+    recs = [r for name in ("train", "eval") for r in json.loads((tmp_path / f"{name}.json").read_text())]
+    assert {r["direction"] for r in recs} == set(asked)
+    assert {r["sensor_noise"] for r in recs} == {0.0}
+    assert synthetic.settings_mismatch(tmp_path, 40, 20, **kwargs) is None
+    assert "config" in synthetic.settings_mismatch(tmp_path, 40, 20, **(kwargs | {"config": difficulty("photo")}))
+    with pytest.raises(ValueError, match="nothing to ask"):
+        generate(tmp_path / "x", 4, 0, n_captions=0, tasks=["count"], directions=["brighter"])
+    with pytest.raises(ValueError, match="unknown synth style"):
+        difficulty("oil")
