@@ -102,13 +102,14 @@ class Probe:
 def worker(arm: str, data: str, out: Path) -> None:
     """One rank of one arm (under torchrun)."""
     import llava_compare.data.table  # noqa: F401 - the package import every arm pays
+    from llava_compare import ranks
     import datasets  # noqa: F401
     from torch.utils.data import DataLoader
 
     from llava_compare.data.formats import SourceSpec, read_sources
     from llava_compare.data.table import open_sources
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = ranks.rank()
     t_import = time.time() - T0
     spec = SourceSpec(path=data, format="llava")
     samples = {"baseline": lambda: None, "list": lambda: read_sources([spec]),

@@ -1,8 +1,8 @@
 """llava_compare: fine-tune multi-image LLaVA-style models that compare images.
 
 Layers (``pyproject.toml`` [tool.importlinter], checked in ``make test``): ``cli`` > ``validate`` >
-``train`` > ``eval`` | ``ship`` | ``generate`` > ``loading`` > ``model`` > ``data``; ``synth`` uses
-``data`` only.
+``train`` > ``eval`` | ``ship`` | ``generate`` > ``loading`` > ``model`` > ``data`` > ``ranks``
+(where this process sits in a torchrun job); ``synth`` uses ``data`` only.
 
 Importing the package registers ``LlavaCompareConfig`` / ``LlavaCompareForConditionalGeneration``
 / ``LlavaCompareProcessor`` with transformers' Auto classes.

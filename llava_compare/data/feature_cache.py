@@ -36,6 +36,7 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .. import ranks
 from .checks import load_image
 from .sample import DataError
 
@@ -154,12 +155,12 @@ class Ranks:
     this process alone (then the collectives are no-ops)."""
 
     def __init__(self, rank: int = 0, world_size: int = 1):
-        self.distributed = dist.is_available() and dist.is_initialized()
+        self.distributed = ranks.group_ready()
         if world_size > 1 and not self.distributed:
             raise RuntimeError(f"feature cache over {world_size} ranks: call torch.distributed."
                                "init_process_group first (the ranks agree on the cache through it)")
-        self.rank = dist.get_rank() if self.distributed else rank
-        self.size = dist.get_world_size() if self.distributed else world_size
+        self.rank = ranks.rank() if self.distributed else rank
+        self.size = ranks.world_size() if self.distributed else world_size
 
     def gather(self, obj: Any) -> list[Any]:
         if self.size == 1:

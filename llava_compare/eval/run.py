@@ -31,12 +31,13 @@ from ..data.conversation import ConversationBuilder
 from ..data.padding import PADDING_SIDES
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import Sample
+from ..ranks import rank
 from .benchmarks import PROMPT_STYLES
 from .formats import EVAL_FORMATS
 from .metrics import format_summary, normalize, summarize, token_f1  # noqa: F401  (public API)
 from .scoring import (MODES, batch_option_logliks, ensure_prepared, prepare_all,
                            score_items)
-from .sharded import score_on_all_ranks, world
+from .sharded import score_on_all_ranks
 from .swaps import score_in_orders, swap_summary
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
     samples = read_sources(specs, on_error="skip")
     info = {"model": {"path": str(Path(cfg.output_dir).resolve()), "source": "end of training"},
             "data": {"paths": [s.path for s in specs], "format": "mcq", "skipped": dict(samples.skipped)}}
-    first = world()[0] == 0
+    first = rank() == 0
     summary = evaluate_samples(model, processor, make_builder(cfg, processor), samples,
                                Path(cfg.output_dir) / "eval" if first else None, cfg.eval.max_new_tokens,
                                batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)), run_info=info,

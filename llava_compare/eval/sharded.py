@@ -29,14 +29,13 @@ from torch import nn
 from ..data.conversation import ConversationBuilder
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import Sample
+from ..ranks import collectives, rank, world_size
 from .scoring import score_items
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """(rank, world size) of this process (:mod:`llava_compare.ranks`), for callers that want both."""
+    return rank(), world_size()
 
 
 def call_groups(samples: Sequence[Sample], mode: str) -> dict[tuple[bool, bool], list[int]]:
@@ -54,18 +53,18 @@ def score_on_all_ranks(model: nn.Module, processor: LlavaCompareProcessor, build
                        ) -> list[dict[str, Any]]:
     """One record per (prepared) sample, in order, on every rank; every rank must call this with
     the same ``samples``."""
-    rank, size = world()
-    if size == 1:
+    if not collectives():  # no group to split over: this process scores every item
         return score_items(model, processor, builder, samples, mode, batch_size, max_new_tokens,
                            padding_side, progress)
     if any(isinstance(p, DTensor) for p in model.parameters()):
         model._is_fsdp_managed_module = True  # transformers' FSDP2 flag: generate() then syncs
+    me, size = rank(), world_size()
     mine: dict[int, dict[str, Any]] = {}
     for _, indices in sorted(call_groups(samples, mode).items()):
-        share = indices[rank::size]
+        share = indices[me::size]
         padded = share + [indices[0]] * (-(-len(indices) // size) - len(share))
         records = score_items(model, processor, builder, [samples[i] for i in padded], mode, batch_size,
-                              max_new_tokens, padding_side, progress and rank == 0)
+                              max_new_tokens, padding_side, progress and me == 0)
         mine.update(zip(share, records))  # zip stops before the repeats
     every: list[dict[int, dict[str, Any]] | None] = [None] * size
     dist.all_gather_object(every, mine)

@@ -14,15 +14,12 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from ..ranks import collectives, world_size
 from .checkpoints import newest_complete
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss was NaN or inf; the message names the step and the batch's sample ids."""
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def check_finite(loss: torch.Tensor, step: int, sample_ids: Sequence[str], output_dir: str | Path) -> None:
@@ -33,14 +30,14 @@ def check_finite(loss: torch.Tensor, step: int, sample_ids: Sequence[str], outpu
     logging already does."""
     bad_here = ~torch.isfinite(loss.detach()).all()
     flag = bad_here.float().reshape(1)
-    if _world() > 1:
+    if collectives():
         dist.all_reduce(flag)
     if flag.item() == 0:
         return
     mine: tuple[Any, list[str]] = (float(loss.detach().float().sum()) if bad_here else None, list(sample_ids))
     per_rank = [mine]
-    if _world() > 1:
-        per_rank = [None] * _world()
+    if collectives():
+        per_rank = [None] * world_size()
         dist.all_gather_object(per_rank, mine)
     raise NonFiniteLossError(_message(per_rank, step, newest_complete(output_dir)))
 

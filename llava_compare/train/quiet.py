@@ -11,8 +11,9 @@ hidden). Imports nothing heavy: it must run before those libraries are imported.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
+
+from ..ranks import rank
 
 # logger name -> start of the one message dropped on ranks > 0
 STARTUP_MESSAGES = {
@@ -31,8 +32,8 @@ class _DropMessage(logging.Filter):
 
 
 def quiet_startup_on_other_ranks() -> None:
-    """On ranks > 0 (``RANK``), drop the dependencies' repeated start-up messages."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    """On ranks > 0, drop the dependencies' repeated start-up messages."""
+    if rank() == 0:
         return
     for name, prefix in STARTUP_MESSAGES.items():
         logger = logging.getLogger(name)

@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 
 from ..data.problems import KINDS, OTHER, ProblemLog
 from ..data.sample import DataError
+from ..ranks import collectives
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _all_ranks_sum(seen: int, skipped: Mapping[str, int]) -> tuple[int, dict[str
     """(seen, skipped by kind) summed over ranks; unchanged without a process group."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not collectives():
         return seen, dict(skipped)
     kinds = [*KINDS, OTHER]
     counts = [seen] + [0] * len(kinds)
