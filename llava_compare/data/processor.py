@@ -18,7 +18,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 
 from .checks import load_image
-from .padding import pad_rows
+from .padding import IGNORE, pad_rows
 from .sample import IMAGE_PLACEHOLDER
 
 
@@ -37,14 +37,14 @@ class LlavaCompareProcessor(ProcessorMixin):
     # --- ids -------------------------------------------------------------------------------------
     def expand_image_tokens(self, ids: Sequence[int], labels: Sequence[int] | None = None
                             ) -> tuple[list[int], list[int] | None]:
-        """Repeat every image id ``tokens_per_image`` times (labels there become -100)."""
+        """Repeat every image id ``tokens_per_image`` times (labels there become ``IGNORE``)."""
         out_ids: list[int] = []
         out_labels: list[int] | None = [] if labels is not None else None
         for i, tok in enumerate(ids):
             n = self.tokens_per_image if tok == self.image_token_id else 1
             out_ids.extend([tok] * n)
             if out_labels is not None:
-                out_labels.extend([-100] * n if n > 1 or tok == self.image_token_id else [labels[i]])
+                out_labels.extend([IGNORE] * n if n > 1 or tok == self.image_token_id else [labels[i]])
         return out_ids, out_labels
 
     def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
@@ -63,7 +63,7 @@ class LlavaCompareProcessor(ProcessorMixin):
 
         Both give ``input_ids`` with each image expanded to ``tokens_per_image`` ids and
         ``attention_mask``; ``pixel_values`` ``[N_img, 3, H, W]`` when ``images`` are given (in
-        reading order). A whole conversation also gives ``labels`` (-100 except on assistant tokens,
+        reading order). A whole conversation also gives ``labels`` (``IGNORE`` except on assistant tokens,
         the training target); with ``add_generation_prompt`` it stops after the last assistant
         header (the input to ``generate()`` and to option scoring) and has no labels.
         """

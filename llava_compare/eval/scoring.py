@@ -30,6 +30,7 @@ from ..data.conversation import IGNORE, ConversationBuilder
 from ..data.padding import pad_rows
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import DataError, Sample
+from ..model.modeling import merge_image_features
 from .formats import LETTERS, is_labelled, prepare_llava_item
 from .metrics import normalize, token_f1
 
@@ -62,12 +63,11 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
 
 def embed_with_images(model: nn.Module, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Token embeddings ``[B, S, D]`` with ``features`` (``[N_img, T, D]``, reading order) scattered
-    into the image placeholder positions, as both model classes do inside their forward."""
-    if hasattr(model, "embed_inputs"):  # ours: with the placeholder count check
+    into the image placeholder positions by the model package's one merge, with its count check."""
+    if hasattr(model, "embed_inputs"):  # ours: its own method, so a sharded model gathers for it
         return model.embed_inputs(input_ids, features)
     embeds = model.get_input_embeddings()(input_ids)
-    mask = (input_ids == model.config.image_token_id)[..., None]
-    return embeds.masked_scatter(mask, features.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
+    return merge_image_features(input_ids, embeds, features, model.config.image_token_id)
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ tiny from its config with a fixed seed, one with a hub id or folder is loaded fr
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Mapping
 
 import torch
@@ -16,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..data.processor import LlavaCompareProcessor
 from ..data.sample import IMAGE_PLACEHOLDER
+from ..ranks import local_rank
 from .attention import resolve_attn_implementation
 from .compressors import patch_grid, tokens_per_image
 from .config import LlavaCompareConfig
@@ -55,7 +55,7 @@ def quantized_device_map() -> dict[str, int | str]:
     GPU 0 on every rank until the Trainer sets the device: 8 ranks would stack on GPU 0."""
     if not torch.cuda.is_available():
         return {"": "cpu"}
-    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"": local_rank()}
 
 
 def quantize_llm(model: LlavaCompareForConditionalGeneration, model_cfg: Mapping[str, Any]
@@ -184,7 +184,6 @@ def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditiona
     else:
         model.vision_tower.to(dtype)
         model.compressor.to(dtype)
-    model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
     _set_generation_tokens(model, tokenizer, padded)
     if model_cfg.get("compressor_init"):  # LLaVA-1.5's released stage-1 projector as the start
         from .projector_import import import_projector

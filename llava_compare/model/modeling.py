@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..data.padding import IGNORE
 from .compressors import get_compressor
 from .config import LlavaCompareConfig
 from .sharding import is_zero3_param, is_zero3_partitioned
@@ -37,6 +38,24 @@ def _mixed_autocast(params: list[nn.Parameter], ref: torch.Tensor) -> Any:
 
 class ImageTokenMismatchError(ValueError):
     """Raised when the number of image placeholder tokens does not match the image features."""
+
+
+def merge_image_features(input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor,
+                         image_token_id: int) -> torch.Tensor:
+    """Scatter ``[N_img, T, D]`` image tokens, in reading order, into the ``image_token_id``
+    positions of ``[B, S, D]`` embeddings; :class:`ImageTokenMismatchError` when the counts differ.
+    Module-level so callers holding another LLaVA-layout model (a llava-hf export) merge the same way."""
+    mask = input_ids == image_token_id  # [B, S]
+    n_tokens, n_feats = int(mask.sum()), image_features.shape[0] * image_features.shape[1]
+    if n_tokens != n_feats:
+        raise ImageTokenMismatchError(
+            f"image placeholder tokens in input_ids: {n_tokens}, image feature tokens: {n_feats} "
+            f"({image_features.shape[0]} images x {image_features.shape[1]} tokens per image). "
+            "Each <image> must expand to exactly tokens_per_image placeholder ids and every "
+            "image must have a placeholder; build inputs with LlavaCompareProcessor."
+        )
+    feats = image_features.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
+    return inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats)
 
 
 class LlavaComparePreTrainedModel(PreTrainedModel):
@@ -77,6 +96,14 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         """Sub-models given here (already loaded with ``from_pretrained``) are used as they are:
         neither built at random first nor re-initialised. The others are built from ``config``."""
         super().__init__(config)
+        # One config object per tower: a loaded tower's own config becomes the sub-config, so edits
+        # through either path (the ViT cut, embedding resizes, set_attn_implementation, which
+        # dispatches a sub-config's kernel only to the sub-model that holds that very object) reach
+        # both. A tower built here from its sub-config holds that object already.
+        if vision_tower is not None:
+            self.config.vision_config = vision_tower.config
+        if language_model is not None:
+            self.config.text_config = language_model.config
         self.vision_tower = (vision_tower if vision_tower is not None
                              else tower_from_config(config.vision_config))
         self._cut_vision_tower()
@@ -105,7 +132,6 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
         so save / from_pretrained / the llava-hf export build the same cut tower. A checkpoint
         saved whole loads cut too: the dropped layers' weights are then unused keys."""
         self.config.vision_feature_layer = truncate_tower(self.vision_tower, self.config.vision_feature_layer)
-        self.config.vision_config.num_hidden_layers = self.vision_tower.config.num_hidden_layers
 
     # --- embeddings plumbing, delegated so resize_token_embeddings / peft / generate work ----------
     def get_input_embeddings(self) -> nn.Module:
@@ -163,17 +189,7 @@ class LlavaCompareForConditionalGeneration(LlavaComparePreTrainedModel, Generati
     def merge_image_features(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
                              image_features: torch.Tensor) -> torch.Tensor:
         """Scatter ``[N_img, T, D]`` into the placeholder positions of ``[B, S, D]``."""
-        mask = input_ids == self.config.image_token_id  # [B, S]
-        n_tokens, n_feats = int(mask.sum()), image_features.shape[0] * image_features.shape[1]
-        if n_tokens != n_feats:
-            raise ImageTokenMismatchError(
-                f"image placeholder tokens in input_ids: {n_tokens}, image feature tokens: {n_feats} "
-                f"({image_features.shape[0]} images x {image_features.shape[1]} tokens per image). "
-                "Each <image> must expand to exactly tokens_per_image placeholder ids and every "
-                "image must have a placeholder; build inputs with LlavaCompareProcessor."
-            )
-        feats = image_features.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
-        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats)
+        return merge_image_features(input_ids, inputs_embeds, image_features, self.config.image_token_id)
 
     def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings ``[B, S, D]`` with ``image_features`` (``[N_img, T, D]``) scattered in,
@@ -269,7 +285,7 @@ def labelled_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module
     Returns (loss, logits ``[N_labelled, V]`` in the head's dtype, or None unless ``return_logits``).
     """
     shift_labels = labels[:, 1:]  # position t predicts token t+1
-    sel = shift_labels != -100  # [B, S-1]
+    sel = shift_labels != IGNORE  # [B, S-1]
     rows, target = hidden[:, :-1][sel], shift_labels[sel]  # [N, D], [N]
     weight = getattr(lm_head, "weight", None)
     logits = None

@@ -9,7 +9,7 @@ from PIL import Image
 from llava_compare.data.conversation import ConversationBuilder
 from llava_compare.eval.formats import parse_table_row
 from llava_compare.eval.metrics import summarize
-from llava_compare.data.padding import pad_rows
+from llava_compare.data.padding import IGNORE, pad_rows
 from llava_compare.eval.scoring import batch_option_logliks, score_items
 
 
@@ -44,11 +44,11 @@ def unbatched(setup):
 
 
 def test_pad_rows_left_positions_count_real_tokens_only():
-    b = pad_rows([[5, 6, 7], [8]], 0, "left", [[-100, 6, 7], [8]])
+    b = pad_rows([[5, 6, 7], [8]], 0, "left", [[IGNORE, 6, 7], [8]])
     assert b["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert b["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
-    assert b["labels"].tolist() == [[-100, 6, 7], [-100, -100, 8]]
+    assert b["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, IGNORE, 8]]
     assert pad_rows([[5, 6, 7], [8]], 0, "right")["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
 
 
@@ -113,9 +113,36 @@ def test_one_padder_serves_the_collator_and_the_processor():
     """Training batches and the processor's batched prompts pad through data.padding.pad_rows."""
     from llava_compare.data.collator import CompareCollator
 
-    items = [{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]), "sample_id": "a"},
+    items = [{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([IGNORE, 6, 7]), "sample_id": "a"},
              {"input_ids": torch.tensor([8]), "labels": torch.tensor([8]), "sample_id": "b"}]
     batch = CompareCollator(pad_token_id=0)(items)
-    ref = pad_rows([[5, 6, 7], [8]], 0, "right", [[-100, 6, 7], [8]])
+    ref = pad_rows([[5, 6, 7], [8]], 0, "right", [[IGNORE, 6, 7], [8]])
     for key in ("input_ids", "labels", "attention_mask"):
         assert torch.equal(batch[key], ref[key]), key
+
+
+class _ExportSurface(torch.nn.Module):
+    """What scoring sees of a llava-hf export: embeddings and a config, no ``embed_inputs``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+
+@pytest.mark.parametrize("wrap", [lambda m: m, _ExportSurface], ids=["ours", "llava-hf"])
+def test_eval_merge_refuses_more_images_than_placeholders(setup, wrap):
+    """Scoring merges image tokens through the model package's one merge: two images' tokens for
+    one image's placeholders is the clear count error for every model class, never a silent drop."""
+    from llava_compare.eval.scoring import embed_with_images
+    from llava_compare.model import ImageTokenMismatchError
+
+    model, processor, _ = setup
+    t = processor.tokens_per_image
+    ids = torch.tensor([[1] + [model.config.image_token_id] * t + [2]])
+    features = torch.zeros(2, t, model.config.text_config.hidden_size)
+    with pytest.raises(ImageTokenMismatchError, match="image placeholder tokens in input_ids: 4, image feature tokens: 8"):
+        embed_with_images(wrap(model), ids, features)
+    assert embed_with_images(wrap(model), ids, features[:1]).shape == (1, t + 2, features.shape[-1])

@@ -6,6 +6,7 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPConfig, CLIPModel, LlamaConfig, LlamaForCausalLM
 
 from llava_compare.model.build import build_model
+from llava_compare.model.vision import encoder_layers
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -150,3 +151,18 @@ def test_padded_embeddings_round_trip_save_load_and_llava_hf_export(tmp_path):
         for other in (loaded, reloaded, hf):
             assert other.get_input_embeddings().weight.shape[0] == 64
             torch.testing.assert_close(other(**inputs).logits, want, rtol=0, atol=1e-5)
+
+
+def test_loaded_towers_share_one_config_with_the_model_and_run_the_requested_kernel(tmp_path):
+    """A tower loaded from a folder has its own config object; the model's sub-config must be that
+    object, or ``set_attn_implementation`` gives the sub-model the top-level kernel (sdpa) while the
+    sub-config says the requested one, and cut layers / resized vocabularies reach one copy only."""
+    local_checkpoints(tmp_path)
+    model, _ = build_model({**local_cfg(tmp_path), "attn_implementation": "eager"})
+    assert model.config.text_config is model.language_model.config
+    assert model.config.vision_config is model.vision_tower.config
+    attention = model.language_model.model.layers[0].self_attn
+    assert attention.config._attn_implementation == "eager"
+    assert model.vision_tower.config._attn_implementation == "eager"
+    assert model.config.text_config.vocab_size == model.get_input_embeddings().num_embeddings == 64
+    assert model.config.vision_config.num_hidden_layers == len(encoder_layers(model.vision_tower)) == 1

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from llava_compare.data.padding import IGNORE
 from llava_compare.model.build import build_model
 from tests.conftest import tiny_model_cfg
 
@@ -25,8 +26,8 @@ def model_and_batch():
     one = processor(text=PROMPT, images=images)
     ids = one["input_ids"].repeat(2, 1)  # [2, S]
     labels = ids.clone()
-    labels[0, :-12] = -100
-    labels[1, :-7] = -100
+    labels[0, :-12] = IGNORE
+    labels[1, :-7] = IGNORE
     batch = {"input_ids": ids, "pixel_values": torch.cat([one["pixel_values"]] * 2), "labels": labels}
     return model.train(), batch
 
@@ -38,7 +39,7 @@ def _reference_loss(model, batch, num_items_in_batch=None) -> torch.Tensor:
             batch["input_ids"], model.get_input_embeddings()(batch["input_ids"]),
             model.get_image_features(batch["pixel_values"])))
     shift = batch["labels"][:, 1:]
-    sel = shift != -100
+    sel = shift != IGNORE
     logits = model.get_output_embeddings()(out.last_hidden_state[:, :-1][sel]).float()  # [N, V]
     loss = F.cross_entropy(logits, shift[sel], reduction="sum")
     return loss / (num_items_in_batch if num_items_in_batch is not None else sel.sum())
@@ -78,11 +79,11 @@ def test_gradient_wrt_hidden_states_and_lm_head_equal_unchunked():
     hidden = torch.randn(2, 9, 16, generator=g, requires_grad=True)
     head = torch.nn.Linear(16, 50, bias=False)
     labels = torch.randint(0, 50, (2, 9), generator=g)
-    labels[0, :3] = -100
+    labels[0, :3] = IGNORE
     loss, logits = labelled_loss(hidden, labels, head, None, chunk_rows=4, return_logits=False)
     assert logits is None
     dh, dw = torch.autograd.grad(loss, [hidden, head.weight])
-    sel = labels[:, 1:] != -100
+    sel = labels[:, 1:] != IGNORE
     ref = F.cross_entropy(head(hidden[:, :-1][sel]).float(), labels[:, 1:][sel])
     rh, rw = torch.autograd.grad(ref, [hidden, head.weight])
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
@@ -96,7 +97,7 @@ def test_loss_is_computed_in_chunks_and_keeps_no_full_fp32_logits(model_and_batc
     model, batch = model_and_batch
     vocab = model.config.text_config.vocab_size
     model.loss_chunk_elements = 4 * vocab  # 4 positions per chunk
-    n_labelled = int((batch["labels"][:, 1:] != -100).sum())
+    n_labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
     rows: list[int] = []
     handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
     saved: list[int] = []  # rows of every [n, V] tensor the graph keeps for backward
@@ -128,9 +129,9 @@ def test_eval_forward_still_returns_labelled_logits(model_and_batch):
         out = model(**batch)
         full = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits
     shift = batch["labels"][:, 1:]
-    want = full[:, :-1][shift != -100]
+    want = full[:, :-1][shift != IGNORE]
     torch.testing.assert_close(out.logits.float(), want.float(), rtol=0, atol=1e-5)
-    ref = F.cross_entropy(want.float(), shift[shift != -100])
+    ref = F.cross_entropy(want.float(), shift[shift != IGNORE])
     torch.testing.assert_close(out.loss, ref, rtol=1e-6, atol=1e-6)
     model.train()
     assert model(**batch).logits is None  # training: no [N, V] tensor is built

@@ -8,6 +8,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import llava_compare  # noqa: F401  (registers the Auto classes)
+from llava_compare.data.padding import IGNORE
 from llava_compare.model.modeling import ImageTokenMismatchError
 
 PROMPT = "Image 1: <image> Image 2: <image>\nWhich image is brighter? ASSISTANT:"
@@ -43,11 +44,11 @@ def test_label_only_loss_equals_full_cross_entropy(tiny):
     model, processor = tiny
     inputs = processor(text=PROMPT + " Image 1</s>", images=two_images())
     labels = inputs["input_ids"].clone()
-    labels[:, :-3] = -100
+    labels[:, :-3] = IGNORE
     with torch.no_grad():
         ours = model(**inputs, labels=labels).loss
         logits = model(**inputs).logits
-    ref = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
+    ref = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 

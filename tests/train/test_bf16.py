@@ -4,6 +4,7 @@ a bf16 weight near 0.02 has a step of 1.2e-4, and AdamW's ~lr-sized updates woul
 
 import torch
 
+from llava_compare.data.padding import IGNORE
 from llava_compare.loading import unwrap
 from llava_compare.model.build import build_model
 from llava_compare.train.main import run
@@ -56,7 +57,7 @@ def test_bf16_weights_with_fp32_vit_layers_train_without_the_trainers_autocast()
     inputs = processor(text="Image 1: <image> Image 2: <image> Which? ASSISTANT: Image 1</s>",
                        images=[Image.new("RGB", (32, 32), c) for c in ("red", "blue")])
     labels = inputs["input_ids"].clone()
-    labels[:, :-3] = -100
+    labels[:, :-3] = IGNORE
     model.train()
     model(**inputs, labels=labels).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
