@@ -72,17 +72,23 @@ def load_named(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 
 # --- what a reference is ------------------------------------------------------------------------
-def is_export(path: str | Path) -> bool:
-    """True for a folder this module wrote (its llava_compare.json has an ``export`` entry)."""
-    meta = Path(path) / META
-    return meta.is_file() and "export" in json.loads(meta.read_text())
+def _meta_file(path: Path) -> Path | None:
+    """The ``llava_compare.json`` that describes a local folder: its own (stage output, export),
+    or its stage's for a ``checkpoint-N`` folder; None when there is none."""
+    if (path / META).is_file():
+        return path / META
+    if (path / TRAINABLE).is_file() and (path.parent / META).is_file():
+        return path.parent / META
+    return None
 
 
 def read_meta(ref: str | Path) -> dict[str, Any]:
-    """``llava_compare.json`` of a local folder or a hub repo ({} when there is none)."""
+    """``llava_compare.json`` of a stage output, of the stage a ``checkpoint-N`` folder belongs to,
+    of an export folder or of a hub repo ({} when there is none), without loading any weights."""
     path = Path(ref)
-    if (path / META).is_file():
-        return json.loads((path / META).read_text())
+    meta = _meta_file(path)
+    if meta is not None:
+        return json.loads(meta.read_text())
     if path.exists():
         return {}
     try:  # a hub id: cached or downloaded like the rest of the model files
@@ -91,6 +97,11 @@ def read_meta(ref: str | Path) -> dict[str, Any]:
         return json.loads(Path(hf_hub_download(str(ref), META)).read_text())
     except Exception:  # noqa: BLE001  (not a repo, no such file, offline and not cached)
         return {}
+
+
+def is_export(path: str | Path) -> bool:
+    """True for a local folder this module wrote (its llava_compare.json has an ``export`` entry)."""
+    return (Path(path) / META).is_file() and "export" in read_meta(path)
 
 
 def resolve_checkpoint(ref: str | Path) -> tuple[Path, Path | None]:
@@ -129,7 +140,7 @@ def load(ref: str | Path, merge: bool = True, load_in_4bit: bool = False,
 
 def _load_stage(stage_dir: Path, ckpt: Path | None, merge: bool, load_in_4bit: bool,
                 runtime: dict[str, Any] | None = None) -> tuple[nn.Module, LlavaCompareProcessor, dict[str, Any]]:
-    meta = json.loads((stage_dir / META).read_text())
+    meta = read_meta(stage_dir)
     finished = (stage_dir / COMPRESSOR).is_file()
     if ckpt is None and not finished:
         raise FileNotFoundError(f"{stage_dir} has not finished (no {COMPRESSOR}); pass one of its "
@@ -195,15 +206,6 @@ def _from_saved_base(stage_dir: Path, model_cfg: dict[str, Any], apply_runtime: 
     model.set_attn_implementation({"text_config": attn,
                                    "vision_config": "sdpa" if attn == "flash_attention_2" else attn})
     return model
-
-
-def stage_meta(ref: str | Path) -> dict[str, Any]:
-    """``llava_compare.json`` of a stage output, of the stage a ``checkpoint-N`` folder belongs
-    to, or of an export ({} when there is none), without loading any weights."""
-    path = Path(ref)
-    if not (path / META).is_file() and (path / TRAINABLE).is_file():
-        path = path.parent
-    return read_meta(path)
 
 
 # --- loading an export -----------------------------------------------------------------------------
@@ -289,14 +291,9 @@ def to_device(model: nn.Module, spec: str = "auto") -> nn.Module:
 
 # --- how the model was prompted in training -----------------------------------------------------
 def training_config(model_dir: str | Path) -> dict[str, Any]:
-    """The resolved training config saved with a stage output ({} for other folders)."""
-    for folder in (Path(model_dir), Path(model_dir).parent):  # a stage output or one of its checkpoints
-        meta = folder / META
-        if meta.is_file():
-            return json.loads(meta.read_text()).get("config", {})
-    if not Path(model_dir).exists():  # a hub id: its export carries llava_compare.json
-        return read_meta(model_dir).get("config", {})
-    return {}
+    """The resolved training config saved with a stage output, one of its checkpoints or an
+    export ({} for other folders)."""
+    return read_meta(model_dir).get("config", {})
 
 
 def builder_for(model_dir: str | Path, processor: LlavaCompareProcessor,

@@ -94,3 +94,24 @@ def test_inference_builds_prompts_with_the_training_data_settings(tiny, tmp_path
     (tmp_path / "llava_compare.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="image_marker must be one of interleaved, none"):
         builder_for(tmp_path, processor)
+
+
+def test_one_reader_finds_the_stage_meta_of_stages_checkpoints_and_exports(tmp_path):
+    """``read_meta`` answers for a stage output, its ``checkpoint-N`` folders (the stage's meta)
+    and an export; a folder without one is {} (never a hub lookup); ``training_config`` and
+    ``is_export`` read through it."""
+    import json
+
+    from llava_compare.loading import META, TRAINABLE, is_export, read_meta, training_config
+
+    stage, export, plain = tmp_path / "stage", tmp_path / "export", tmp_path / "plain"
+    ckpt = stage / "checkpoint-5"
+    for folder in (ckpt, export, plain):
+        folder.mkdir(parents=True)
+    (stage / META).write_text(json.dumps({"config": {"seed": 3}, "stage": {"name": "instruct"}}))
+    (ckpt / TRAINABLE).write_bytes(b"")
+    (export / META).write_text(json.dumps({"config": {"seed": 4}, "export": {"format": "native"}}))
+    assert read_meta(stage)["stage"] == {"name": "instruct"} and read_meta(ckpt) == read_meta(stage)
+    assert training_config(ckpt) == {"seed": 3} and training_config(export) == {"seed": 4}
+    assert read_meta(plain) == {} and training_config(plain) == {}
+    assert is_export(export) and not is_export(stage) and not is_export(ckpt)

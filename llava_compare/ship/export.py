@@ -103,7 +103,7 @@ def _write(model: Any, processor: Any, stage_dir: Path, checkpoint: str | Path, 
         adapter = write_native(model, processor, out, max_shard_size, template, repo_id or str(final.resolve()))
     else:
         write_llava_hf(model, processor, out, max_shard_size, template)
-    meta = json.loads((stage_dir / META).read_text())
+    meta = read_meta(stage_dir)
     meta["export"] = {"format": fmt, "merged": adapter is None, "adapter": adapter,
                       "source": Path(checkpoint).name, "llava_compare_version": _version()}
     (out / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")

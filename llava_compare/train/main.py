@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from ..data.pipeline import make_builder
-from ..loading import load, stage_meta, unwrap
+from ..loading import load, read_meta, unwrap
 from ..data.dataset import CompareDataset
 from ..data.formats import SourceSpec
 from ..data.table import open_sources
@@ -83,7 +83,7 @@ def ensure_synth_data(cfg: DictConfig) -> None:
 def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The model to train: from ``init_from`` (a previous stage's output) or built from config."""
     if cfg.init_from:
-        meta = stage_meta(cfg.init_from)
+        meta = read_meta(cfg.init_from)
         if "model" not in meta:
             raise ValueError(f"init_from={cfg.init_from} has no llava_compare.json with the model config: "
                              "give a stage output, one of its checkpoint-N folders or a llava_compare export")
