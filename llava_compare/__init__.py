@@ -2,7 +2,8 @@
 
 Layers (``pyproject.toml`` [tool.importlinter], checked in ``make test``): ``cli`` > ``validate`` >
 ``train`` > ``eval`` | ``ship`` | ``generate`` > ``loading`` > ``model`` > ``data`` > ``ranks``
-(where this process sits in a torchrun job); ``synth`` uses ``data`` only.
+(where this process sits in a torchrun job) | ``overrides`` (the command line's override grammar);
+``synth`` uses ``data`` only.
 
 Importing the package registers ``LlavaCompareConfig`` / ``LlavaCompareForConditionalGeneration``
 / ``LlavaCompareProcessor`` with transformers' Auto classes.

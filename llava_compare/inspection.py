@@ -1,4 +1,4 @@
-"""``llava-compare inspect DATA [recipe=NAME key=value ...] [-n 3] [--ids ID ...]``: see what the model sees.
+"""``llava-compare inspect [DATA ...] [-n 3] [--ids ID ...] [-- recipe=NAME key=value ...]``: see what the model sees.
 
 Prints samples exactly as training encodes them -- the same readers, conversation builder,
 processor and token budget (``CompareDataset.fit_budget``) -- decoded back to text:
@@ -30,6 +30,7 @@ from .data.dataset import CompareDataset, _trailing_trims
 from .data.formats import FORMATS, SourceSpec, read_sources
 from .data.processor import LlavaCompareProcessor
 from .data.sample import DataError, Sample
+from .overrides import refuse_misplaced
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +186,11 @@ def add_cli(sub: argparse._SubParsersAction, compose: Callable[[list[str]], Dict
     ``cli`` because the training config sits above this module's layer)."""
     p = sub.add_parser("inspect", help="print samples exactly as training encodes them",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("items", nargs="*", metavar="DATA | key=value",
-                   help="data files/folders, and Hydra overrides (recipe=NAME, data.max_length=N, ...); "
-                        "without DATA, the recipe's data.train")
+    p.add_argument("paths", nargs="*", metavar="DATA",
+                   help="data files/folders (default: the recipe's data.train)")
     p.add_argument("-n", type=int, default=3, help="how many samples, from the start (default 3)")
     p.add_argument("--ids", nargs="+", default=None, metavar="ID",
-                   help="show these sample ids instead (key=value words after them are still overrides)")
+                   help="show these sample ids instead")
     p.add_argument("--format", default="auto", choices=FORMATS, help="row layout (default: detected)")
     p.add_argument("--image-root", default=None, help="folder relative image paths are joined to")
     p.set_defaults(handler=run_cli, compose=compose)
@@ -208,12 +208,10 @@ def _select(samples: Sequence[Sample], n: int, ids: Sequence[str] | None) -> lis
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    if args.ids:  # "--ids a b recipe=X": the override is not an id
-        args.items = [*args.items, *(i for i in args.ids if "=" in i)]
-        args.ids = [i for i in args.ids if "=" not in i]
-    paths = [i for i in args.items if "=" not in i or Path(i).exists()]
+    paths = args.paths
     try:
-        cfg = args.compose([i for i in args.items if i not in paths])
+        refuse_misplaced(paths, "inspect")
+        cfg = args.compose(args.overrides)
         specs = ([SourceSpec(path=p, format=args.format, image_root=args.image_root) for p in paths] if paths
                  else [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data.train])
         if not specs:

@@ -1,4 +1,4 @@
-"""``llava-compare validate DATA [--image-root R] [--format F] [--json PATH] [recipe=NAME key=value ...]``
+"""``llava-compare validate [DATA ...] [--image-root R] [--format F] [--json PATH] [-- recipe=NAME key=value ...]``
 
 Checks a whole dataset before a long run, with the checks training applies to each sample
 (``data/checks.py``, through the same readers, conversation builder, processor and token budget):
@@ -7,8 +7,9 @@ over ``data.max_length`` tokens, empty assistant turns, unknown roles and non-UT
 problem is counted and the first 20 of each kind are listed with sample id and detail. Exit code 0:
 clean; 1: problems found; ``--json PATH`` writes the same report for machines.
 
-The token budget comes from the recipe's model (``recipe=...``, ``model.*`` and ``data.*``
-overrides, or ``init_from=STAGE_DIR``); only the tokenizer and configs are loaded, never weights.
+The token budget comes from the recipe's model (the overrides after ``--``: ``recipe=...``,
+``model.*`` and ``data.*``, or ``init_from=STAGE_DIR``); only the tokenizer and configs are loaded,
+never weights.
 Without DATA, the recipe's ``data.train`` sources are checked.
 """
 
@@ -27,6 +28,7 @@ from .data.dataset import CompareDataset
 from .data.formats import FORMATS, SourceSpec
 from .data.table import open_sources
 from .data.problems import ProblemLog
+from .overrides import OverrideError, describe, parse, refuse_misplaced
 
 
 def source_specs(cfg: DictConfig, paths: Sequence[str], fmt: str, image_root: str | None) -> list[SourceSpec]:
@@ -90,8 +92,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("items", nargs="*", metavar="DATA | key=value",
-                   help="data files/folders to check, and Hydra overrides (recipe=NAME, data.max_length=N, ...)")
+    p.add_argument("paths", nargs="*", metavar="DATA",
+                   help="data files/folders to check (default: the recipe's data.train)")
     p.add_argument("--image-root", default=None, help="folder relative image paths are joined to "
                    "(default: the data file's folder)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="row layout (default: detected)")
@@ -100,14 +102,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .train.config import compose_config
+    from .train.config import ConfigError, compose_config
 
-    # A DATA path is anything that is not key=value, or an existing file whose name holds a '='.
-    paths = [i for i in args.items if "=" not in i or Path(i).exists()]
     try:
-        cfg = compose_config([i for i in args.items if i not in paths])
-        report = validate(cfg, source_specs(cfg, paths, args.format, args.image_root), progress=not args.no_progress)
-    except FileNotFoundError as err:  # a missing data file or init_from: one line, not a traceback
+        refuse_misplaced(args.paths, "validate")
+        cfg = compose_config(args.overrides)
+        report = validate(cfg, source_specs(cfg, args.paths, args.format, args.image_root),
+                          progress=not args.no_progress)
+    except (FileNotFoundError, OverrideError, ConfigError) as err:  # a missing file, a bad key: one line
         print(f"validate: {err}", file=sys.stderr)
         return 2
     # backslashreplace: a sample id with undecodable bytes must not crash the report itself
@@ -127,12 +129,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llava_compare.validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .train.config import config_groups
+
+    parser.epilog = describe(config_groups(), command="validate", usage="[DATA ...]")
     add_arguments(parser)
-    args, extra = parser.parse_known_args(argv)
-    if any(e.startswith("-") for e in extra):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.items = [*args.items, *extra]  # DATA / key=value words after a flag (see cli.main)
-    return run_cli(args)
+    return run_cli(parse(parser, sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

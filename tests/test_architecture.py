@@ -35,6 +35,8 @@ def test_package_keeps_its_import_contracts():
     ("loading.py", "from .ship import export  # noqa", "Layers"),           # loader importing a command
     ("data/sample.py", "from . import problems  # noqa", "circles"),        # problems imports sample
     ("synth/generator.py", "from ..model import build  # noqa", "synth imports only data"),
+    ("ranks.py", "from .data import sample  # noqa", "Layers"),             # the bottom layer importing up
+    ("overrides.py", "from . import ranks  # noqa", "Layers"),              # bottom-layer siblings stay apart
 ])
 def test_a_broken_contract_fails(tmp_path, module, line, contract):
     shutil.copytree(ROOT / "llava_compare", tmp_path / "llava_compare",

@@ -99,8 +99,8 @@ def test_inspect_command_prints_coinstruct_samples_as_training_encodes_them(tmp_
 
     path = tmp_path / "coinstruct_562k_llava_format.json"
     path.write_text(json.dumps(coinstruct_rows()))
-    # DATA, then a flag, then overrides after it (as validate accepts them)
-    assert cli_main(["inspect", str(path), "-n", "2", "recipe=tiny_demo_stage2", "init_from=null",
+    # DATA and flags, then the overrides after -- (as every subcommand takes them)
+    assert cli_main(["inspect", str(path), "-n", "2", "--", "recipe=tiny_demo_stage2", "init_from=null",
                      "data.system_prompt=null"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"3 samples in {path}")
@@ -112,9 +112,9 @@ def test_inspect_command_prints_coinstruct_samples_as_training_encodes_them(tmp_
         assert all(text.count(f"The {ORDINALS[k]} image:") == 1 for k in range(n))
         assert re.findall(r"«([^»]*)»", text) == [f" The {ORDINALS[n - 1]} image is the clearest.</s>"]
     assert "A chat between a curious user" in blocks[0]  # data.system_prompt=null: vicuna's system prompt
-    assert cli_main(["inspect", str(path), "--ids", "co-4", "recipe=tiny_demo_stage2", "init_from=null"]) == 0
+    assert cli_main(["inspect", str(path), "--ids", "co-4", "--", "recipe=tiny_demo_stage2", "init_from=null"]) == 0
     assert "sample 'co-4'" in capsys.readouterr().out
-    assert cli_main(["inspect", str(path), "--ids", "nope", "recipe=tiny_demo_stage2", "init_from=null"]) == 2
+    assert cli_main(["inspect", str(path), "--ids", "nope", "--", "recipe=tiny_demo_stage2", "init_from=null"]) == 2
     assert "no sample with id 'nope'" in capsys.readouterr().err
 
 

@@ -21,7 +21,7 @@ def bad(tmp_path_factory):
 
 def test_validate_reports_each_problem_with_its_count(bad, tmp_path, capsys):
     out = tmp_path / "report.json"
-    rc = cli_main(["validate", str(bad.path), *BAD_OVERRIDES, "--json", str(out), "--no-progress"])
+    rc = cli_main(["validate", str(bad.path), "--json", str(out), "--no-progress", "--", *BAD_OVERRIDES])
     assert rc == 1
     report = json.loads(out.read_text())
     assert {k: v["count"] for k, v in report["by_kind"].items()} == bad.counts()
@@ -60,15 +60,21 @@ def test_budget_comes_from_the_recipe(bad):
     assert set(bad.good_ids) <= too_long  # 2 images x 64 tokens > 96
 
 
-def test_overrides_after_flags_are_accepted(tmp_path, capsys):
-    """``validate DATA --format llava recipe=NAME`` used to die in argparse ("unrecognized arguments")."""
+def test_overrides_go_after_the_separator(tmp_path, capsys):
+    """Flags and DATA before ``--``, overrides after it, in the cli and in ``python -m
+    llava_compare.validate``; an override among the DATA words is a one-line error saying where it goes."""
     clean = write_bad_dataset(tmp_path, only=set())
-    assert cli_main(["validate", str(clean.path), "--format", "llava", "recipe=tiny_demo_stage2", "init_from=null",
-                     "--no-progress", "data.max_length=4096"]) == 0
-    assert validate.main([str(clean.path), "--no-progress", "data.max_length=4096"]) == 0
+    assert cli_main(["validate", str(clean.path), "--format", "llava", "--no-progress",
+                     "--", "recipe=tiny_demo_stage2", "init_from=null", "data.max_length=4096"]) == 0
+    assert validate.main([str(clean.path), "--no-progress", "--", "data.max_length=4096"]) == 0
+    assert "6 rows in" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a real unknown flag is still refused
         cli_main(["validate", str(clean.path), "--no-such-flag"])
-    assert "6 rows in" in capsys.readouterr().out
+    capsys.readouterr()
+    assert cli_main(["validate", str(clean.path), "data.max_length=4096", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("validate: 'data.max_length=4096' is no file; config overrides go after --: "
+                   "llava-compare validate ... -- data.max_length=4096")
 
 
 def test_missing_init_from_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
@@ -76,7 +82,7 @@ def test_missing_init_from_is_one_line_naming_the_path(tmp_path, monkeypatch, ca
     there. It used to end in an HFValidationError traceback."""
     clean = write_bad_dataset(tmp_path / "data", only=set())
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["validate", str(clean.path), "recipe=tiny_demo_stage2", "--no-progress"]) == 2
+    assert cli_main(["validate", str(clean.path), "--no-progress", "--", "recipe=tiny_demo_stage2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("validate: init_from 'outputs/tiny_demo/stage1' does not exist")
     assert str(tmp_path) in err

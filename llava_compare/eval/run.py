@@ -141,6 +141,7 @@ def evaluate_run(cfg: Any, model: nn.Module, processor: LlavaCompareProcessor) -
 
 
 _EVAL_PARSER: argparse.ArgumentParser | None = None
+_NOT_TYPED = ("handler", "parser", "accepts_overrides", "overrides")  # set by the cli, not by a typed word
 
 
 def _count_arg(text: str) -> int:
@@ -215,7 +216,7 @@ def command_line(args: argparse.Namespace) -> str:
             again = vars(parser.parse_args(typed[1:]))
         except SystemExit:
             again = None
-        if again is not None and all(again.get(k) == v for k, v in vars(args).items() if k != "handler"):
+        if again is not None and all(again.get(k) == v for k, v in vars(args).items() if k not in _NOT_TYPED):
             return shlex.join(["llava-compare", *typed])
     parts = ["llava-compare", "eval", args.model]
     for action in parser._actions:  # noqa: SLF001  (argparse has no public list of its options)

@@ -35,6 +35,17 @@ def available_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
+def config_groups() -> dict[str, list[str]]:
+    """Each config group under ``configs/`` (``model``, ``model/compressor``, ``stage``, ...) and
+    its options, as ``GROUP=OPTION`` overrides name them; ``recipe`` first."""
+    groups: dict[str, list[str]] = {"recipe": available_recipes()}
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        group = path.parent.relative_to(CONFIG_DIR).as_posix()
+        if group != "." and group != "recipe":
+            groups.setdefault(group, []).append(path.stem)
+    return {"recipe": groups.pop("recipe"), **dict(sorted(groups.items()))}
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """``["recipe=tiny_demo_stage1", "optim.lr=1e-3"]`` -> validated, resolved config."""
     overrides = list(overrides)
