@@ -48,12 +48,7 @@ from llava_compare.train.stages import configure_stage
 
 # Tiny widths at real geometry. One place: every arm, the test and the paper-scale table read it.
 BENCH_OVERRIDES = [
-    "model=tiny", "model.vision.image_size=336", "model.vision.patch_size=14",
-    "model.vision.hidden_size=128", "model.vision.num_layers=2", "model.vision.num_heads=4",
-    "model.vision.intermediate_size=512",
-    "model.llm.hidden_size=256", "model.llm.num_layers=4", "model.llm.num_heads=4",
-    "model.llm.intermediate_size=1024", "model.llm.max_position_embeddings=8192",
-    "model.llm.vocab_size=32000", "model.llm.initializer_range=0.02",
+    "model=tiny", "model.vision.preset=bench", "model.llm.preset=bench",  # llava_compare/model/presets.py
     "model.vision_feature_layer=-2", "data.synth=null", "data.system_prompt=''",
 ]
 ARMS = ("a", "ap", "b", "c")

@@ -21,8 +21,7 @@ from pathlib import Path
 
 SHAPE = {"hidden_size": 1536, "num_hidden_layers": 16, "num_attention_heads": 12, "num_key_value_heads": 12,
          "intermediate_size": 4096, "vocab_size": 32000}
-TINY_VISION = {"name_or_path": None, "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2,
-               "num_heads": 2, "intermediate_size": 64}
+TINY_VISION = {"name_or_path": None, "preset": "test"}  # llava_compare/model/presets.py
 
 
 def status_gb(field: str = "VmHWM") -> float:

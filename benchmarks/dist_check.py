@@ -24,7 +24,7 @@ import torch
 
 STEPS = ["optim.max_steps=3", "optim.per_device_batch_size=2", "optim.warmup_ratio=0", "logger.logging_steps=1",
          "resume=never", "save_steps=2", "eval.enabled=false", "data.synth.n_train=48", "data.synth.n_eval=8",
-         "data.synth.n_captions=8", "stage=instruct_lora", "peft=lora", "peft.r=8", "stage.train_vision=false"]
+         "data.synth.n_captions=8", "stage=instruct_lora", "peft.r=8", "stage.train_vision=false"]
 
 
 def run_dist(dist: str, out: Path, nproc: int) -> dict[str, Any]:

@@ -57,20 +57,16 @@ from llava_compare.model.build import build_model  # noqa: E402
 from llava_compare.train.config import compose_config  # noqa: E402
 from llava_compare.train.stages import configure_stage  # noqa: E402
 
-# Model shapes built from config (name_or_path=null): the real geometry, random weights.
+# Model shapes built from config (name_or_path=null; llava_compare/model/presets.py): the real
+# geometry, random weights.
 SCALES = {
     "7b": [  # CLIP ViT-L/14 at 336 px + LLaMA-2-7B (Vicuna-7B v1.5's shape)
-        "model.vision.image_size=336", "model.vision.patch_size=14", "model.vision.hidden_size=1024",
-        "model.vision.num_layers=24", "model.vision.num_heads=16", "model.vision.intermediate_size=4096",
-        "model.llm.hidden_size=4096", "model.llm.num_layers=32", "model.llm.num_heads=32",
-        "model.llm.intermediate_size=11008", "model.llm.vocab_size=32000", "model.llm.max_position_embeddings=4096",
+        "model.vision.preset=clip_vit_l14_336", "model.llm.preset=llama2_7b",
         "model.dtype=bfloat16", "model.attn_implementation=auto",
     ],
-    "dry": [  # the same code path at toy size, for CPU
-        "model.vision.image_size=56", "model.vision.patch_size=14", "model.vision.hidden_size=32",
-        "model.vision.num_layers=2", "model.vision.num_heads=2", "model.vision.intermediate_size=64",
-        "model.llm.hidden_size=64", "model.llm.num_layers=2", "model.llm.num_heads=2",
-        "model.llm.intermediate_size=128", "model.llm.vocab_size=512", "model.llm.max_position_embeddings=4096",
+    "dry": [  # the same code path at toy size, for CPU: the test shapes with 14 px patches, a row's context
+        "model.vision.preset=test", "model.vision.image_size=56", "model.vision.patch_size=14",
+        "model.llm.preset=test", "model.llm.max_position_embeddings=4096",
         "model.dtype=float32", "model.attn_implementation=sdpa",
     ],
 }

@@ -18,6 +18,8 @@ CLIP_L14_336_GRID = patch_grid(336, 14)  # 24 x 24 = 576 patches
 # Text around the images: vicuna_v1 system prompt (~35 LLaMA tokens), "Image k: " markers
 # (~4 each), question and answer. An allowance, not a measurement.
 TEXT_TOKENS = 128
+# The recipe's hub LLM (lmsys/vicuna-7b-v1.5) is not downloaded either: max_position_embeddings of
+# its config.json.
 LLAMA2_CONTEXT = 4096
 
 
@@ -30,7 +32,7 @@ def report(recipe: str = "stage2_lora") -> dict[str, Any]:
     for name in compressors():
         cfg = compose_config([f"recipe={recipe}", f"model/compressor={name}"])
         per_image = tokens_per_image(dict(cfg.model.compressor), CLIP_L14_336_GRID)
-        context = min(cfg.model.llm.max_position_embeddings, LLAMA2_CONTEXT)
+        context = LLAMA2_CONTEXT
         row = {"tokens_per_image": per_image, "compressor": dict(cfg.model.compressor)}
         for n in (2, 4):
             total = n * per_image + TEXT_TOKENS

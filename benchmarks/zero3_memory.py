@@ -58,7 +58,8 @@ def overrides(mode: str, folder: str, out: str, dtype: str, bf16: str) -> list[s
     ``bf16`` is ``optim.bf16``: under DeepSpeed it decides the DeepSpeed config's bf16, and so the
     dtype ``zero.Init`` gives the LLM (fp32 unless bf16 is on, whatever ``model.dtype`` says)."""
     vision = [f"model.vision.{k}={v}" for k, v in TINY_VISION.items() if k != "name_or_path"]
-    return [f"dist={mode}", f"output_dir={out}", f"model.llm.name_or_path={folder}", "model/compressor=mlp",
+    return [f"dist={mode}", f"output_dir={out}", "model.llm.preset=null", f"model.llm.name_or_path={folder}",
+            "model/compressor=mlp",
             f"model.dtype={dtype}", "model.attn_implementation=sdpa", *vision,
             "optim.per_device_batch_size=1", f"optim.global_batch_size={NPROC}", f"optim.bf16={bf16}"]
 
@@ -184,8 +185,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="dist= groups to launch (ddp, zero3, zero3_offload)")
     ap.add_argument("--dtype", default="float32", help="model.dtype of the runs")
     ap.add_argument("--saved-dtype", default="float32", help="dtype of the safetensors in the folder")
-    ap.add_argument("--optim-bf16", default="auto", choices=["auto", "true", "false"],
-                    help="optim.bf16 of the runs (under DeepSpeed: the dtype zero.Init loads the LLM in)")
+    ap.add_argument("--optim-bf16", default="null", choices=["null", "true", "false"],
+                    help="optim.bf16 of the runs, null = on where CUDA supports it (under DeepSpeed: the "
+                         "dtype zero.Init loads the LLM in)")
     ap.add_argument("--repeats", type=int, default=1, help="launch each mode this many times")
     ap.add_argument("--worker", nargs=5, metavar=("MODE", "FOLDER", "OUT", "DTYPE", "BF16"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

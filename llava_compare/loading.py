@@ -39,6 +39,7 @@ from .model.attention import resolve_attn_implementation
 from .model.build import DTYPES, build_model, quantization_config, quantized_device_map
 from .model.lora import add_lora
 from .model.modeling import LlavaCompareForConditionalGeneration
+from .model.presets import stored_model_config
 from .model.sharding import gathered, has_dtensor, is_zero3_partitioned
 
 log = logging.getLogger(__name__)
@@ -86,17 +87,21 @@ def read_meta(ref: str | Path) -> dict[str, Any]:
     """``llava_compare.json`` of a stage output, of the stage a ``checkpoint-N`` folder belongs to,
     of an export folder or of a hub repo ({} when there is none), without loading any weights."""
     path = Path(ref)
-    meta = _meta_file(path)
-    if meta is not None:
-        return json.loads(meta.read_text())
+    meta_file = _meta_file(path)
+    if meta_file is not None:
+        return _with_model_for_kinds(json.loads(meta_file.read_text()))
     if path.exists():
         return {}
     try:  # a hub id: cached or downloaded like the rest of the model files
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(str(ref), META)).read_text())
+        return _with_model_for_kinds(json.loads(Path(hf_hub_download(str(ref), META)).read_text()))
     except Exception:  # noqa: BLE001  (not a repo, no such file, offline and not cached)
         return {}
+
+
+def _with_model_for_kinds(meta: dict[str, Any]) -> dict[str, Any]:
+    return {**meta, "model": stored_model_config(meta["model"])} if "model" in meta else meta
 
 
 def is_export(path: str | Path) -> bool:

@@ -12,20 +12,18 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
+# The `test` shapes of llava_compare/model/presets.py.
 TINY_MODEL = {
-    "vision": {"name_or_path": None, "image_size": 32, "patch_size": 8, "hidden_size": 32,
-               "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
-    "llm": {"name_or_path": None, "hidden_size": 64, "num_layers": 2, "num_heads": 2,
-            "intermediate_size": 128, "max_position_embeddings": 512, "vocab_size": 512},
+    "vision": {"name_or_path": None, "preset": "test"},
+    "llm": {"name_or_path": None, "preset": "test"},
     "compressor": {"type": "resampler", "num_queries": 4, "depth": 1, "heads": 2},
     "vision_feature_layer": -2, "attn_implementation": "sdpa", "dtype": "float32", "seed": 0,
 }
 
-# Hydra overrides that make any recipe tiny and fast.
+# Hydra overrides that make a tiny recipe tinier and fast: the `test` shapes, with the tiny demo's
+# LLM init (a test run trains as the demo does).
 TINY_OVERRIDES = [
-    "model.vision.image_size=32", "model.vision.hidden_size=32", "model.vision.num_heads=2",
-    "model.vision.intermediate_size=64", "model.llm.hidden_size=64", "model.llm.num_layers=2",
-    "model.llm.num_heads=2", "model.llm.intermediate_size=128",
+    "model.vision.preset=test", "model.llm.preset=test", "model.llm.initializer_range=0.088",
     "model/compressor=resampler", "model.compressor.num_queries=4", "model.compressor.depth=1",
     "model.compressor.heads=2",
     "model.attn_implementation=sdpa", "data.synth=null", "resume=never",
@@ -35,12 +33,15 @@ TINY_OVERRIDES = [
 
 # Stage 2 with LoRA and a frozen ViT (the real recipes' default; the demo recipe fully fine-tunes
 # its random LLM and trains its ViT's last layer).
-LORA = ["stage=instruct_lora", "peft=lora", "peft.r=32", "peft.alpha=64", "peft.dropout=0.0",
+LORA = ["stage=instruct_lora", "peft.r=32", "peft.alpha=64", "peft.dropout=0.0",
         "stage.train_vision=false"]
 
 
 def tiny_model_cfg(**compressor: object) -> dict:
-    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY_MODEL.items()}
+    """A fresh copy of :data:`TINY_MODEL` with its presets' shapes filled in (tests edit them)."""
+    from llava_compare.model.presets import resolve_model
+
+    cfg = resolve_model({k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY_MODEL.items()})
     if compressor:
         cfg["compressor"] = dict(compressor)
     return cfg

@@ -1,7 +1,8 @@
 """Builders: a tiny random model from config (tests, demo; no network) or hub/local checkpoints.
 
-``build_model(model_cfg)`` is the one entry point; a component with ``name_or_path: null`` is built
-tiny from its config with a fixed seed, one with a hub id or folder is loaded from it.
+``build_model(model_cfg)`` is the one entry point; each component is pretrained (a hub id or
+folder in ``name_or_path``, loaded from it) or tiny (built from its shape or a named preset with a
+fixed seed), checked by ``presets.resolve_model`` before anything is built.
 ``build_processor(model_cfg)`` makes the same processor without loading any weights (data checks).
 """
 
@@ -20,6 +21,7 @@ from .attention import resolve_attn_implementation
 from .compressors import patch_grid, tokens_per_image
 from .config import LlavaCompareConfig
 from .modeling import LlavaCompareForConditionalGeneration
+from .presets import resolve_model
 from .sharding import is_zero3_partitioned, partition_rest
 from .tiny_tokenizer import build_tiny_tokenizer
 from .vision import image_processor, load_tower, load_vision_config, tiny_vision_config
@@ -74,18 +76,18 @@ def _tiny_text_config(t: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) 
     # ``vocab_size`` may exceed what the tiny tokenizer learns (e.g. LLaMA's 32,000, so the LM head
     # costs what it costs at scale); the extra rows are simply never produced by the tokenizer.
     return AutoConfig.for_model(
-        "llama", vocab_size=max(len(tokenizer), t.get("vocab_size", 0)), hidden_size=t["hidden_size"],
+        "llama", vocab_size=max(len(tokenizer), t["vocab_size"]), hidden_size=t["hidden_size"],
         num_hidden_layers=t["num_layers"], num_attention_heads=t["num_heads"],
         num_key_value_heads=t["num_heads"], intermediate_size=t["intermediate_size"],
         max_position_embeddings=t["max_position_embeddings"], bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False, initializer_range=t.get("initializer_range", 0.02),
+        tie_word_embeddings=False, initializer_range=t["initializer_range"],
     )
 
 
 def _load_tokenizer(llm_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     if not llm_cfg.get("name_or_path"):
-        return build_tiny_tokenizer(llm_cfg.get("vocab_size", 512))
+        return build_tiny_tokenizer(llm_cfg["vocab_size"])
     tok = AutoTokenizer.from_pretrained(llm_cfg.get("tokenizer") or llm_cfg["name_or_path"])
     # Vicuna/LLaMA have no image token and often no pad token: add what is missing.
     if IMAGE_PLACEHOLDER not in tok.get_vocab():
@@ -132,7 +134,7 @@ def resolve_sources(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 def build_processor(model_cfg: Mapping[str, Any]) -> LlavaCompareProcessor:
     """The processor ``build_model`` would return (tokenizer, image processor, tokens per image),
     from configs and tokenizer files only: checking a dataset against a 7B recipe loads no weights."""
-    model_cfg = resolve_sources(model_cfg)
+    model_cfg = resolve_sources(resolve_model(model_cfg))
     vcfg = model_cfg["vision"]
     vision_config = _vision_config(vcfg)
     grid = patch_grid(_input_size(vcfg, vision_config), vision_config.patch_size)
@@ -146,7 +148,7 @@ def build_processor(model_cfg: Mapping[str, Any]) -> LlavaCompareProcessor:
 def build_model(model_cfg: Mapping[str, Any]) -> tuple[LlavaCompareForConditionalGeneration,
                                                         LlavaCompareProcessor]:
     """Assemble ViT + compressor + LLM and its processor from a ``model:`` config section."""
-    model_cfg = resolve_sources(model_cfg)
+    model_cfg = resolve_sources(resolve_model(model_cfg))
     vcfg, tcfg = model_cfg["vision"], model_cfg["llm"]
     dtype = DTYPES[model_cfg.get("dtype", "float32")]
     attn = resolve_attn_implementation(model_cfg.get("attn_implementation", "auto"))

@@ -15,7 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from .schema import TrainConfig
+from ..model.presets import resolve_component
+from .schema import LORA_DEFAULTS, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -54,13 +55,16 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"unknown recipe {recipe!r}; available: {', '.join(available_recipes())}")
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            raw = compose(config_name="train", overrides=overrides)
+            # with Hydra's own section, for the group choices (stage=align) errors can name
+            raw = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     except Exception as err:  # Hydra's own message names the key; add what is valid
         if type(err).__name__ not in ("ConfigCompositionException", "ConfigKeyError", "ValidationError",
                                       "MissingConfigException", "OverrideParseException"):
             raise
-        raise ConfigError(f"{err}{_valid_keys_hint(str(err))}") from err
-    cfg = validate(raw, recipe)
+        cause = f": {str(err.__cause__).splitlines()[0]}" if err.__cause__ is not None else ""
+        raise ConfigError(f"{err}{cause}{_valid_keys_hint(str(err))}") from err
+    choices = dict(raw.hydra.runtime.choices)
+    cfg = validate(OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]), recipe, choices)
     cfg.overrides = overrides  # what the command line set (init_from tells it from recipe defaults)
     return cfg
 
@@ -76,17 +80,9 @@ def _valid_keys_hint(message: str) -> str:
     return f"\nvalid top-level keys: {', '.join(schema.keys())}"
 
 
-def bf16_choice(value: object) -> str:
-    """``optim.bf16`` as one of ``auto | true | false``. Hydra parses ``optim.bf16=true`` (and a
-    YAML ``bf16: true``) as a boolean, which the str field stores as ``'True'``; accept any case."""
-    choice = str(value).strip().lower()
-    if choice not in ("auto", "true", "false"):
-        raise ConfigError(f"optim.bf16 must be auto, true or false; got {value!r}")
-    return choice
-
-
-def validate(raw: DictConfig, recipe: str | None = None) -> DictConfig:
-    """Merge into the typed schema: unknown keys and wrong types fail here, listing valid keys."""
+def validate(raw: DictConfig, recipe: str | None = None, choices: dict[str, str] | None = None) -> DictConfig:
+    """Merge into the typed schema: unknown keys and wrong types fail here, listing valid keys;
+    then the checks between keys (:func:`check`). ``choices``: Hydra's group choices, for messages."""
     schema = OmegaConf.structured(TrainConfig)
     raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "recipe"]) if "recipe" in raw else raw
     try:
@@ -96,9 +92,37 @@ def validate(raw: DictConfig, recipe: str | None = None) -> DictConfig:
         parent = OmegaConf.select(schema, key.rsplit(".", 1)[0]) if "." in key else schema
         valid = ", ".join(sorted(parent.keys())) if isinstance(parent, DictConfig) else "?"
         raise ConfigError(f"invalid config key or value {key!r}: {err.msg}. Valid keys here: {valid}") from err
-    cfg.optim.bf16 = bf16_choice(cfg.optim.bf16)
+    check(cfg, choices or {})
     OmegaConf.set_struct(cfg, True)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)  # resolve interpolations once, early
     out = OmegaConf.create(cfg_dict)
     out.recipe_name = recipe
     return out
+
+
+def check(cfg: DictConfig, choices: dict[str, str]) -> None:
+    """Checks between keys, in place: each model component against its kind (a tiny one gets its
+    preset's shape filled in), LoRA settings against the stage, the warmup ratio's range."""
+    for part in ("vision", "llm"):
+        try:
+            resolved = resolve_component(part, OmegaConf.to_container(cfg.model[part]))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        for key, value in resolved.items():
+            cfg.model[part][key] = value
+    if cfg.stage.train_llm == "lora":
+        for key, value in LORA_DEFAULTS.items():
+            if cfg.peft[key] is None:
+                cfg.peft[key] = value
+    else:
+        chosen = [f"peft={choices['peft']}"] if choices.get("peft") else []
+        chosen += [f"peft.{k}" for k, v in cfg.peft.items() if v is not None]
+        if chosen:
+            stage = choices.get("stage") or cfg.stage.name
+            raise ConfigError(
+                f"{', '.join(chosen)} sets LoRA, but stage={stage} trains no LoRA (stage.train_llm="
+                f"{cfg.stage.train_llm}): choose a stage with stage.train_llm=lora (stage=instruct_lora), "
+                f"or drop {chosen[0]}")
+    if not 0 <= cfg.optim.warmup_ratio < 1:
+        # TrainingArguments reads warmup_steps >= 1 as a step count: 1.0 would warm up for one step
+        raise ConfigError(f"optim.warmup_ratio must be in [0, 1) (a share of the steps); got {cfg.optim.warmup_ratio}")

@@ -178,11 +178,11 @@ def vision_on_this_gpu(model: Any) -> None:
 
 
 def use_bf16(cfg: DictConfig) -> bool:
-    """``optim.bf16``: auto = on where CUDA supports it; true also works on CPU (autocast: bf16
+    """``optim.bf16``: null = on where CUDA supports it; true also works on CPU (autocast: bf16
     matmuls, fp32 weights and optimizer; 2x faster on CPUs with AVX512-BF16/AMX)."""
-    if cfg.optim.bf16 == "auto":
+    if cfg.optim.bf16 is None:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return cfg.optim.bf16 == "true"
+    return bool(cfg.optim.bf16)
 
 
 def autocast(cfg: DictConfig) -> Any:
@@ -206,6 +206,8 @@ def training_args(cfg: DictConfig, plan: Batching | None = None) -> TrainingArgu
         per_device_train_batch_size=1 if plan.planned else o.per_device_batch_size,
         gradient_accumulation_steps=o.global_batch_size // per_step,
         learning_rate=o.lr, weight_decay=o.weight_decay, lr_scheduler_type=o.scheduler,
+        # transformers 5 has no warmup_ratio: a warmup_steps below 1 is its documented ratio form
+        # (config.check keeps optim.warmup_ratio in [0, 1), where it is never read as a step count)
         warmup_steps=o.warmup_ratio, num_train_epochs=o.epochs, max_steps=o.max_steps,
         max_grad_norm=o.max_grad_norm, bf16=bf16, activation_checkpointing=o.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},

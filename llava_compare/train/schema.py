@@ -7,35 +7,39 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+# model.vision and model.llm are each pretrained (name_or_path and the runtime options) or tiny
+# (the shape keys, or a named preset: model/presets.py). Shape keys default to None (not set) so
+# one set beside a name_or_path is detected and refused at start, naming it.
 @dataclass
 class VisionConfig:
-    name_or_path: Optional[str] = None  # hub id / folder (CLIP, SigLIP, DINOv2); null = tiny random tower below
+    name_or_path: Optional[str] = None  # pretrained: hub id / folder (CLIP, SigLIP, DINOv2); null = tiny
     input_size: Optional[int] = None  # resolution fed to the tower (its processor resizes to it); null = its own
-    type: str = "clip"  # tiny only: clip | siglip | dinov2
-    num_register_tokens: int = 0  # tiny dinov2 only: register tokens (dropped with CLS before the compressor)
-    image_size: int = 64
-    patch_size: int = 8
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 256
+    # tiny only: a named shape (model/presets.py), and shape keys that override its values
+    preset: Optional[str] = None
+    type: Optional[str] = None  # clip (default) | siglip | dinov2
+    num_register_tokens: Optional[int] = None  # dinov2: register tokens (dropped with CLS before the compressor)
+    image_size: Optional[int] = None
+    patch_size: Optional[int] = None
+    hidden_size: Optional[int] = None
+    num_layers: Optional[int] = None
+    num_heads: Optional[int] = None
+    intermediate_size: Optional[int] = None
 
 
 @dataclass
 class LLMConfig:
-    name_or_path: Optional[str] = None  # hub id / folder; null = tiny random LLaMA from the fields below
-    tokenizer: Optional[str] = None  # defaults to name_or_path
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 2048
-    vocab_size: int = 512  # tiny only: LM vocabulary (the tokenizer learns up to this many; the rest are unused rows)
-    # Init std of a tiny random LLM (ignored for hub models). LLaMA's 0.02 is for d=4096; at d=128
-    # a frozen lm_head row then has norm 0.23, so (final RMSNorm frozen under LoRA) the largest
-    # reachable logit is ~2.6 and the loss floors at ~3.7/token. ~1/sqrt(hidden_size) lifts that cap.
-    initializer_range: float = 0.02
+    name_or_path: Optional[str] = None  # pretrained: hub id / folder; null = tiny random LLaMA
+    tokenizer: Optional[str] = None  # pretrained only: defaults to name_or_path
     load_in_4bit: bool = False  # QLoRA: the LLM's linear layers in 4-bit NF4 (bitsandbytes)
+    # tiny only: a named shape (model/presets.py), and shape keys that override its values
+    preset: Optional[str] = None
+    hidden_size: Optional[int] = None
+    num_layers: Optional[int] = None
+    num_heads: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    max_position_embeddings: Optional[int] = None
+    vocab_size: Optional[int] = None  # the tokenizer learns up to this many; the rest are unused rows
+    initializer_range: Optional[float] = None  # init std of the random weights
 
 
 @dataclass
@@ -141,13 +145,19 @@ class DataConfig:
     streaming: bool = False
 
 
+#: LoRA settings where ``peft.*`` leaves them unset: on every linear layer of the LLM (never the
+#: ViT, the compressor or lm_head).
+LORA_DEFAULTS: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+
+
 @dataclass
 class PeftConfig:
-    method: str = "none"  # none | lora
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"  # within the LLM only
+    """LoRA settings, read when ``stage.train_llm=lora``: the stage decides what trains. Unset
+    (null) keys take :data:`LORA_DEFAULTS`; one set under a stage that trains no LoRA is an error."""
+    r: Optional[int] = None
+    alpha: Optional[int] = None
+    dropout: Optional[float] = None
+    target_modules: Any = None  # "all-linear" or module names, within the LLM only
 
 
 @dataclass
@@ -159,7 +169,7 @@ class StageConfig:
     # the embeddings and earlier layers stay frozen, so their features still reach the compressor
     # through the residual stream. null = the whole tower.
     vision_trainable_layers: Optional[int] = None
-    train_llm: str = "frozen"  # frozen | lora | full
+    train_llm: str = "frozen"  # frozen | lora (settings: peft.*) | full
 
 
 @dataclass
@@ -168,21 +178,21 @@ class OptimConfig:
     llm_lr: Optional[float] = None  # LoRA / full-LLM lr; defaults to lr
     vision_lr: Optional[float] = None
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = 0.03  # share of the run's steps, in [0, 1)
     scheduler: str = "cosine"
     epochs: float = 1.0
     max_steps: int = -1
     per_device_batch_size: int = 8
     global_batch_size: int = 8  # = per_device * world_size * grad_accum (accum is derived)
     max_grad_norm: float = 1.0
-    # auto (on when CUDA supports bf16) | true | false; YAML booleans work (config.bf16_choice)
-    bf16: str = "auto"
+    bf16: Optional[bool] = None  # bf16 autocast; null = on where CUDA supports bf16
     gradient_checkpointing: bool = False
 
 
 @dataclass
 class DistConfig:
-    name: str = "ddp"  # ddp | zero2 | zero2_offload | zero3 | zero3_offload | fsdp
+    """How ranks share the work: DeepSpeed when ``deepspeed`` names a JSON, FSDP2 when ``fsdp2`` is
+    set, else plain DDP (one process, or DDP under torchrun)."""
     deepspeed: Optional[str] = None  # DeepSpeed JSON (relative paths: cwd, then the repo)
     # FSDP2 options (train/fsdp.py), e.g. {reshard_after_forward: true}; null: no FSDP
     fsdp2: Optional[dict[str, Any]] = None

@@ -45,8 +45,6 @@ def configure_stage(model: nn.Module, stage: Mapping[str, Any], peft_cfg: Mappin
     if train_llm == "full":
         model.language_model.requires_grad_(True)
     if train_llm == "lora":
-        if peft_cfg.get("method", "lora") not in ("lora", "none"):
-            raise ValueError(f"unknown peft.method {peft_cfg['method']!r}; valid: lora")
         compressor_flag = bool(stage["train_compressor"])
         model = add_lora(model, peft_cfg)  # peft freezes everything but the adapters...
         base = model.get_base_model()

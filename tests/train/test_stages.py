@@ -82,7 +82,7 @@ def test_stage2_trains_only_lora_and_compressor(stage2_run):
 def test_stage2_full_finetune_option(stage1_run, synth_dir, tmp_path):
     _, s1 = stage1_run
     cfg = stage_cfg("tiny_demo_stage2", synth_dir, tmp_path / "full", 2, f"init_from={s1.output_dir}",
-                    "stage=instruct_full", "peft=none", "stage.train_vision=false")
+                    "stage=instruct_full", "stage.train_vision=false")
     result = run(cfg)
     trained = {n.split(".")[0] for n, p in result.model.named_parameters() if p.requires_grad}
     assert trained == {"compressor", "language_model"}
@@ -94,7 +94,7 @@ def _train_vision_stage2(stage1_run, synth_dir, out, layers: str):
     _, s1 = stage1_run
     start, _, _ = load(s1.output_dir)
     cfg = stage_cfg("tiny_demo_stage2", synth_dir, out, 3, f"init_from={s1.output_dir}",
-                    "stage=instruct_full", "peft=none", "stage.train_vision=true",
+                    "stage=instruct_full", "stage.train_vision=true",
                     f"stage.vision_trainable_layers={layers}", "optim.vision_lr=1e-2")
     return start, run(cfg)
 
