@@ -134,16 +134,14 @@ def test_dist_mode_comes_from_its_fields_not_a_name():
     assert compose_config(["dist=fsdp"]).dist.fsdp2
 
 
-@pytest.mark.parametrize("value", ["1", "1.5", "-0.1"])
-def test_warmup_ratio_outside_0_1_fails(value):
-    """Transformers reads a warmup_steps >= 1 as a step count: a ratio of 1 would warm up one step."""
-    with pytest.raises(ConfigError, match="optim.warmup_ratio must be in \\[0, 1\\)"):
-        compose_config([f"optim.warmup_ratio={value}"])
-
-
-def test_warmup_ratio_reaches_training_args_as_a_ratio():
+def test_warmup_ratio_is_a_ratio_in_0_1():
+    """Transformers 5 reads a warmup_steps below 1 as a ratio and one >= 1 as a step count: a ratio
+    of 1 would warm up for one step, so it fails at start."""
     args = training_args(compose_config(["recipe=tiny_demo_stage1", "optim.warmup_ratio=0.25"]))
     assert args.warmup_steps == 0.25 and args.get_warmup_steps(100) == 25
+    for value in ("1", "1.5", "-0.1"):
+        with pytest.raises(ConfigError, match="optim.warmup_ratio must be in \\[0, 1\\)"):
+            compose_config([f"optim.warmup_ratio={value}"])
 
 
 def test_lora_settings_under_a_stage_without_lora_fail_naming_both():
@@ -170,12 +168,6 @@ def test_train_yaml_only_picks_defaults():
 
     train = OmegaConf.load(CONFIG_DIR / "train.yaml")
     assert list(train) == ["defaults"]
-    assert not (CONFIG_DIR / "data" / "none.yaml").exists()
-
-
-def test_no_data_group_by_default():
-    cfg = compose_config([])
-    assert list(cfg.data.train) == [] and cfg.data.synth is None
 
 
 @pytest.mark.parametrize("recipe, at", [("demo_stage1", 2 / 3), ("demo_stage2", 2 / 3), ("demo_stage3", 2 / 3)])
@@ -198,11 +190,15 @@ def test_demo_recipes_keep_their_lr_where_the_learning_happens(recipe, at):
     assert sched.get_last_lr()[0] == pytest.approx(args.learning_rate)
 
 
-def test_forgotten_data_is_a_one_line_error():
+def test_no_data_is_the_default_and_forgetting_it_is_a_one_line_error():
+    from llava_compare.train.config import CONFIG_DIR
     from llava_compare.train.main import make_dataset
 
+    assert not (CONFIG_DIR / "data" / "none.yaml").exists()  # no alias file for "no data"
+    cfg = compose_config([])
+    assert list(cfg.data.train) == [] and cfg.data.synth is None
     with pytest.raises(ValueError, match="data.train is empty: give at least one source") as err:
-        make_dataset(compose_config([]), processor=None)
+        make_dataset(cfg, processor=None)
     assert "\n" not in str(err.value)
 
 
