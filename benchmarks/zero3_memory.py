@@ -92,7 +92,7 @@ def worker(mode: str, folder: str, out: Path, dtype: str, bf16: str) -> None:
 
     from llava_compare.model.build import build_model
     from llava_compare.train.config import compose_config
-    from llava_compare.train.distributed import rank, world_size
+    from llava_compare.ranks import rank, world_size
     from llava_compare.train.main import training_args
 
     cfg = compose_config(overrides(mode, folder, str(out / "run"), dtype, bf16))

@@ -1,9 +1,9 @@
 """llava_compare: fine-tune multi-image LLaVA-style models that compare images.
 
-Layers (``pyproject.toml`` [tool.importlinter], checked in ``make test``): ``cli`` > ``validate`` >
-``train`` > ``eval`` | ``ship`` | ``generate`` > ``loading`` > ``model`` > ``data`` > ``ranks``
+Layers (``pyproject.toml`` [tool.importlinter], checked in ``make test``): ``cli`` > ``validate`` |
+``demo`` (the demo's work around a run, through ``train``'s hooks) > ``train`` > ``eval`` | ``ship`` | ``generate`` > ``loading`` > ``model`` > ``data`` > ``ranks``
 (where this process sits in a torchrun job) | ``overrides`` (the command line's override grammar);
-``synth`` uses ``data`` only.
+``synth`` uses ``data`` only; ``train`` imports neither ``demo`` nor ``synth``.
 
 Importing the package registers ``LlavaCompareConfig`` / ``LlavaCompareForConditionalGeneration``
 / ``LlavaCompareProcessor`` with transformers' Auto classes.

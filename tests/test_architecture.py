@@ -37,6 +37,7 @@ def test_package_keeps_its_import_contracts():
     ("synth/generator.py", "from ..model import build  # noqa", "synth imports only data"),
     ("ranks.py", "from .data import sample  # noqa", "Layers"),             # the bottom layer importing up
     ("overrides.py", "from . import ranks  # noqa", "Layers"),              # bottom-layer siblings stay apart
+    ("train/trainer.py", "from ..demo import replay  # noqa", "imports no demo"),  # the core reaching the demo
 ])
 def test_a_broken_contract_fails(tmp_path, module, line, contract):
     shutil.copytree(ROOT / "llava_compare", tmp_path / "llava_compare",

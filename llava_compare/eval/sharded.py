@@ -33,11 +33,6 @@ from ..ranks import collectives, rank, world_size
 from .scoring import score_items
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process (:mod:`llava_compare.ranks`), for callers that want both."""
-    return rank(), world_size()
-
-
 def call_groups(samples: Sequence[Sample], mode: str) -> dict[tuple[bool, bool], list[int]]:
     """Indices of ``samples`` by (scored with ``generate()``, has images), in sample order."""
     groups: dict[tuple[bool, bool], list[int]] = {}

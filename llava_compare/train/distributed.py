@@ -1,8 +1,5 @@
 """The few collectives a run needs outside the Trainer (before it starts and after it ends).
-
-Rank, world size and local rank come from :mod:`llava_compare.ranks` (re-exported here for the
-training modules).
-"""
+Rank, world size and local rank are :mod:`llava_compare.ranks`'."""
 
 from __future__ import annotations
 
@@ -10,9 +7,7 @@ from typing import Any, Callable, TypeVar
 
 import torch.distributed as dist
 
-from ..ranks import collectives, local_rank, rank, world_size
-
-__all__ = ["barrier", "local_rank", "on_rank0", "rank", "world_size"]
+from ..ranks import collectives, rank
 
 T = TypeVar("T")
 

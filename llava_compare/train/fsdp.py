@@ -24,7 +24,7 @@ from torch import nn
 
 from ..loading import unwrap
 from ..model.sharding import block_classes, blocks
-from .distributed import local_rank, world_size
+from ..ranks import local_rank, world_size
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,9 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +28,7 @@ from ..data.problems import ProblemLog
 from ..model.build import build_model
 from ..model.sharding import gathered, is_zero3_param, is_zero3_partitioned, numel_counts
 from ..inspection import log_example
+from ..ranks import local_rank, rank, world_size
 from .config import REPO_ROOT, compose_config
 from .filler import FillSkippedBatches, first_usable_sample
 from .init_from import prompt_format_changes, stage_model_config
@@ -37,47 +37,21 @@ from .quiet import ignore_dependency_step_warnings
 from .skips import SkipMonitor, check_read_skips
 from .run_dir import choose_start
 from .batching import Batching, batching, collator, training_set
-from .calibration import calibrate_compressor
-from .distributed import barrier, local_rank, on_rank0, rank, world_size
+from .distributed import barrier, on_rank0
 from .fsdp import fsdp_enabled, refuse_unsupported, shard
-from .replay import chat_before, replay_from_config
+from .hooks import Hooks, RunContext
 from .stages import configure_stage
 from .stream_state import StreamStateCallback, resume_stream
 from .trainer import CompareTrainer
 
 log = logging.getLogger("llava_compare")
+T = TypeVar("T")
 
 
 def setup_logging() -> None:
     level = logging.INFO if rank() == 0 else logging.WARNING
     logging.basicConfig(level=level, format=f"[rank{rank()}] %(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
-
-
-def ensure_synth_data(cfg: DictConfig) -> None:
-    """Generate the synthetic dataset (rank 0) when its folder holds none made with these settings (a
-    changed recipe must not train on the previous recipe's files); other ranks wait until it does."""
-    synth = cfg.data.synth
-    if synth is None:
-        return
-    from ..synth import difficulty, generate, settings_mismatch
-
-    weights = OmegaConf.to_container(synth.train_weights) if synth.train_weights else None
-    args = (synth.dir, synth.n_train, synth.n_eval)
-    kwargs = {"seed": synth.seed, "image_size": synth.image_size, "n_captions": synth.n_captions,
-              "train_weights": weights, "tasks": list(synth.tasks) if synth.tasks else None,
-              "curriculum": OmegaConf.to_container(synth.curriculum) if synth.curriculum else None,
-              "directions": list(synth.directions) if synth.directions is not None else None,
-              "config": difficulty(synth.style)}
-    why = settings_mismatch(*args, **kwargs) if rank() == 0 else None
-    if why:
-        log.info("generating synthetic data into %s (%s)", synth.dir, why)
-        generate(*args, **kwargs)
-    deadline = time.time() + 1800
-    while settings_mismatch(*args, **kwargs):  # meta.json is written last: the data is complete
-        if time.time() > deadline:
-            raise TimeoutError(f"rank {rank()} waited 30 min for synthetic data at {synth.dir}")
-        time.sleep(1)
 
 
 def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
@@ -105,12 +79,12 @@ def build_or_load(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     return model, processor, model_cfg
 
 
-def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: Any = None) -> Any:
+def make_dataset(cfg: DictConfig, processor: Any, split: str = "train", model: Any = None,
+                 extra: Sequence[SourceSpec] = ()) -> Any:
     """The training (or eval) set: a ``CompareDataset`` over Arrow tables, or under
-    ``data.streaming`` this rank's ``StreamingSamples``."""
-    specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data[split]]
-    if split == "train" and cfg.data.replay is not None:  # written by run() before the dataset
-        specs.append(SourceSpec(path=cfg.data.replay.out, weight=cfg.data.replay.weight))
+    ``data.streaming`` this rank's ``StreamingSamples``. ``extra``: sources the run's hooks add
+    after ``data.<split>``'s own."""
+    specs = [SourceSpec(**OmegaConf.to_container(s)) for s in cfg.data[split]] + list(extra)
     if not specs:
         raise ValueError(f"data.{split} is empty: give at least one source, e.g. "
                          f"'data.{split}=[{{path: data/{split}.json}}]'")
@@ -170,7 +144,7 @@ def feature_cache(cfg: DictConfig, model: Any, processor: Any, samples: Any) -> 
 
 
 def vision_on_this_gpu(model: Any) -> None:
-    """The ViT on this rank's GPU for the work before the Trainer (feature cache, calibration):
+    """The ViT on this rank's GPU for the work before the Trainer (feature cache, hooks):
     a ViT-L pass over hundreds of images on the CPU of every rank took minutes. The Trainer (or
     FSDP2) places the rest later; ZeRO-3 partitions stay where DeepSpeed keeps them."""
     if torch.cuda.is_available() and not is_zero3_partitioned(model.vision_tower):
@@ -186,7 +160,7 @@ def use_bf16(cfg: DictConfig) -> bool:
 
 
 def autocast(cfg: DictConfig) -> Any:
-    """The training precision for work outside the Trainer (feature cache, replay, chat, eval)."""
+    """The training precision for work outside the Trainer (feature cache, hooks, eval)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(cfg))
 
@@ -275,7 +249,9 @@ def run(cfg: DictConfig) -> RunResult:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    ensure_synth_data(cfg)
+    hooks = Hooks(cfg.get("hooks") or [])
+    ctx = RunContext(cfg, on_whole_model=lambda fn: on_whole_model(cfg, ctx.model, fn))
+    hooks.before_model(ctx)
     model, processor, model_cfg = build_or_load(cfg)
     at_load = numel_counts(model)  # what this rank holds before any engine: ZeRO-3 partitions already
     meta = {"model": model_cfg, "stage": OmegaConf.to_container(cfg.stage), "recipe": cfg.recipe_name,
@@ -284,17 +260,16 @@ def run(cfg: DictConfig) -> RunResult:
     with gathered(model.parameters()) if base_is_local(model_cfg) else contextlib.nullcontext():
         if rank() == 0:  # a base built from config is saved whole (tiny models only)
             save_base(model, processor, cfg.output_dir, meta)
-    builder = make_builder(cfg, processor)
-    chats = before_training(cfg, model, processor, builder)
-    train_set = make_dataset(cfg, processor, model=model)
+    ctx.model, ctx.processor, ctx.builder = model, processor, make_builder(cfg, processor)
+    hooks.before_data(ctx)
+    train_set = make_dataset(cfg, processor, model=model, extra=ctx.extra_sources)
     streamed = bool(cfg.data.streaming)
     if streamed and start:
         resume_stream(train_set, start, rank(), world_size())
     examples = train_set.head if streamed else train_set  # samples for the work before training
     vision_on_this_gpu(model)
-    with gathered([*model.vision_tower.parameters(), model.get_input_embeddings().weight]), \
-            gathered(model.compressor.parameters(), modify=True):
-        calibrate_compressor(model, examples)  # once (input_norm=fixed / output_scale): stage 1, not init_from
+    ctx.examples = examples
+    hooks.before_stage(ctx)
     if rank() == 0:  # one sample as the model sees it: template / marker mistakes show before step 1
         log_example(examples, log)
     model = configure_stage(model, cfg.stage, cfg.peft)
@@ -313,10 +288,11 @@ def run(cfg: DictConfig) -> RunResult:
         processing_class=processor, callbacks=[StreamStateCallback(train_set)] if streamed else None,
         optim_cfg=OmegaConf.to_container(cfg.optim), skip_monitor=skips, keep_checkpoints=cfg.save_total_limit,
     )
+    hooks.trainer_ready(ctx, trainer)
     result = trainer.train(resume_from_checkpoint=start)
     metrics = finish(cfg, trainer, train_set, skips, result, at_load)
     if cfg.eval.enabled and cfg.data.eval:
-        metrics["eval"] = evaluate_after(cfg, trainer, processor, builder, chats)
+        metrics["eval"] = evaluate_after(cfg, trainer, processor, hooks, ctx)
     return RunResult(Path(cfg.output_dir), trainer.model, metrics)
 
 
@@ -330,31 +306,29 @@ def to_engine_dtype(model: Any) -> None:
             p.data = p.data.to(torch.bfloat16)
 
 
-def before_training(cfg: DictConfig, model: Any, processor: Any, builder: Any) -> list[str]:
-    """The replay file (stage 2: the base LLM's own answers) and the chat answers before training.
+def on_whole_model(cfg: DictConfig, model: Any, fn: Callable[[], T]) -> T:
+    """``fn()`` with the unsharded model, in the training precision, before training (a hook's
+    generation); its result on every rank.
 
-    Both generate with the unsharded model once, on rank 0, while the other ranks wait; rank 0
-    alone writes the replay file, so no rank reads it half-written. Under ZeRO-3 the weights are
-    already partitioned: every rank gathers them for the duration (the whole model on each device
-    for a moment; these are opt-in, demo-scale features) and every rank generates, because
-    transformers syncs ``generate()`` over the ranks under ZeRO-3 (``synced_gpus``)."""
-    if cfg.data.replay is None and not (cfg.eval.enabled and cfg.eval.chat_prompts):
-        return []
+    Without ZeRO-3 it runs once, on rank 0's device, while the other ranks wait for its result (a
+    file it writes is complete before any rank reads it). Under ZeRO-3 the weights are already
+    partitioned: every rank gathers them for the duration (the whole model on each device for a
+    moment) and every rank runs ``fn``, because transformers syncs ``generate()`` over the ranks
+    under ZeRO-3 (``synced_gpus``); a barrier then waits for rank 0's files."""
 
-    def generate() -> list[str]:
+    def placed() -> T:
         four_bit = any(getattr(m, "is_loaded_in_4bit", False) for m in (model, model.language_model))
         if torch.cuda.is_available() and not is_zero3_partitioned(model) and not four_bit:
             model.to(f"cuda:{local_rank()}")  # the generating rank's GPU, not its CPU (4-bit is there already)
         with autocast(cfg):
-            replay_from_config(cfg, model, processor, builder)
-            return chat_before(cfg, model, processor, builder) if cfg.eval.enabled else []
+            return fn()
 
     if not is_zero3_partitioned(model):
-        return on_rank0(generate)
+        return on_rank0(placed)
     with gathered(model.parameters()):
-        answers = generate()
-    barrier()  # rank 0's replay file is complete before any rank reads it
-    return answers
+        result = placed()
+    barrier()
+    return result
 
 
 def finish(cfg: DictConfig, trainer: CompareTrainer, train_set: Any, skips: SkipMonitor, result: Any,
@@ -377,16 +351,16 @@ def finish(cfg: DictConfig, trainer: CompareTrainer, train_set: Any, skips: Skip
     return metrics
 
 
-def evaluate_after(cfg: DictConfig, trainer: CompareTrainer, processor: Any, builder: Any,
-                   chats: list[str]) -> dict[str, Any]:
+def evaluate_after(cfg: DictConfig, trainer: CompareTrainer, processor: Any, hooks: Hooks,
+                   ctx: RunContext) -> dict[str, Any]:
     """The end-of-run eval, on every rank (under ZeRO-3 / FSDP each forward gathers weights from
-    all of them), in the training precision (FlashAttention-2 refuses fp32 inputs); rank 0 writes."""
+    all of them), in the training precision (FlashAttention-2 refuses fp32 inputs); rank 0 writes.
+    A hook's own eval, else the eval command's table."""
     model = unwrap(trainer.model)
     with autocast(cfg):
-        if cfg.eval.mode == "generate":
-            from ..eval.user_report import user_report_run
-
-            return user_report_run(cfg, model, processor, builder, chats)
+        result = hooks.evaluate(ctx, model)
+        if result is not None:
+            return result
         from ..eval.run import evaluate_run
 
         return evaluate_run(cfg, model, processor)

@@ -104,7 +104,7 @@ class SynthConfig:
 
 @dataclass
 class ReplayConfig:
-    """Text-only replay in stage 2 (train/replay.py): the base LLM's own answers to ``prompts``."""
+    """Text-only replay in stage 2 (demo/replay.py): the base LLM's own answers to ``prompts``."""
     prompts: str = "configs/data/general_prompts.txt"  # one prompt per line (relative: cwd, then the repo)
     out: str = "outputs/replay.json"  # written once, reused while prompts and LLM are unchanged
     repeat: int = 1  # each answer this many times in the training data
@@ -211,7 +211,7 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 16
     mode: str = "loglik"  # loglik (option log-likelihood table) | generate (generated answers parsed,
-    #                       log-likelihood agreement, examples, chat check: eval/user_report.py)
+    #                       log-likelihood agreement, examples, chat check: demo/user_report.py)
     examples: int = 3  # generate mode: example answers printed
     chat_prompts: list[str] = field(default_factory=list)  # text-only prompts answered before and after training
     chat_max_new_tokens: int = 48
@@ -236,3 +236,5 @@ class TrainConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Recipe-level hooks (train/hooks.py), ``package.module:name`` each, called in this order.
+    hooks: list[str] = field(default_factory=list)

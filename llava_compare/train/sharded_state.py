@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..model.sharding import full_value, gathered, is_zero3_param
-from .distributed import rank
+from ..ranks import rank
 
 CHUNK_ELEMENTS = 50_000_000  # ~200 MB of fp32 gathered at once under ZeRO-3
 

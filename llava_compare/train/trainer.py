@@ -39,7 +39,6 @@ from ..data.collator import BATCH_STATS_KEY, SKIP_STATS_KEY
 from .checkpoint_callback import CheckpointCallback
 from .checkpoints import read_marker
 from .engine_state import allow_missing_untrained, full_tensors_into_dtensors
-from .fault_injection import maybe_kill
 from .filler import FILLER_KEY
 from .guards import check_finite
 from .sharded_state import gather_trainable
@@ -135,7 +134,6 @@ class CompareTrainer(Trainer):
             self._batch_stats += torch.tensor([stats["samples"], stats["tokens"], stats["computed"]])
             self._stats_steps.add(step)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        maybe_kill("step", step)  # test-only hook, inert unless its env variable is set
         check_finite(loss, step, sample_ids, self.args.output_dir)
         self._samples_seen += len(sample_ids)
         return loss
@@ -233,7 +231,6 @@ class CompareTrainer(Trainer):
         save_file(tensors, os.path.join(output_dir, TRAINABLE))
         if _internal_call:
             link_for_trainer(output_dir)
-            maybe_kill("save", self.state.global_step)  # test-only hook: dies with the save half done
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
 

@@ -298,7 +298,7 @@ def test_sharded_eval_gives_every_rank_the_same_swap_metrics(tmp_path):
 
 
 def test_demo_report_prints_swap_metrics_per_task_and_direction(stub, tmp_path, capsys):
-    from llava_compare.eval.user_report import user_report
+    from llava_compare.demo.user_report import user_report
 
     samples = [item(i, 2, i % 2, direction=["brighter", "darker"][i // 2 % 2]) for i in range(8)] + balanced(3, 1)
     out = user_report(stub("first"), None, None, samples, tmp_path, batch_size=4, n_examples=4,

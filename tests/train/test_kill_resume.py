@@ -2,7 +2,7 @@
 each time, and ends with the same trained weights and samples seen as an uninterrupted run.
 
 Training runs as a subprocess (``python -m llava_compare.train`` / ``torchrun``) so the SIGKILL
-is real; the kill moment comes from the test-only ``LLAVA_COMPARE_TEST_KILL_AT`` hook. One chain
+is real; the kill moment comes from the test's own training hook (``tests/train/kill_at.py``). One chain
 covers both cases and two resumes: kill inside checkpoint 4's write (after the weights file, before
 optimizer/RNG/state) -> resume from checkpoint-2 -> kill during step 5 -> resume from the
 checkpoint-4 the resumed run wrote -> finish at step 6.
@@ -25,11 +25,12 @@ import pytest
 from safetensors.torch import load_file
 
 from llava_compare.train.checkpoints import STAGING, WRITING, is_complete, is_torn
-from llava_compare.train.fault_injection import ENV
 from tests.conftest import LORA, TINY_OVERRIDES
+from tests.train.kill_at import ENV, NAME
 from tests.train.torchrun import TORCHRUN, build_deepspeed_cpu_ops, run_with_deadline
 
 STEPS, GLOBAL_BATCH = 6, 4
+ROOT = Path(__file__).resolve().parents[2]  # on the runs' PYTHONPATH: they import the kill hook from tests/
 LAUNCHERS = {  # per-device batch 2: gradient accumulation 2 single-process, 1 under torchrun
     "single": [sys.executable, "-m", "llava_compare.train"],
     "torchrun": [*TORCHRUN, "-m", "llava_compare.train"],
@@ -42,9 +43,10 @@ def train(launcher: str, synth_dir: Path, out: Path, kill: str | None = None, di
             "optim.warmup_ratio=0", f"data.train=[{{path: {synth_dir}/train.json}}]", "data.eval=[]",
             "eval.enabled=false", "init_from=null", "optim.per_device_batch_size=2",
             f"optim.global_batch_size={GLOBAL_BATCH}", "optim.lr=1e-2", "optim.llm_lr=1e-2", *LORA,
-            "save_steps=2", "save_total_limit=2", *extra]
+            "save_steps=2", "save_total_limit=2", f"hooks=[llava_compare.demo.hooks:DemoHooks,{NAME}]", *extra]
     env = {k: v for k, v in os.environ.items() if k != ENV}
-    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", **({ENV: kill} if kill else {}))
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", **({ENV: kill} if kill else {}),
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     if dist.startswith("zero"):
         build_deepspeed_cpu_ops()
     return run_with_deadline([*LAUNCHERS[launcher], "recipe=tiny_demo_stage2", *args], out.parent, env)
@@ -214,3 +216,9 @@ def test_streamed_run_sigkilled_twice_resumes_to_the_uninterrupted_weights(synth
     assert_same_weights(tmp_path / "straight", out, "streaming")
     assert samples_seen(out) == samples_seen(tmp_path / "straight") == STEPS * GLOBAL_BATCH
     assert complete(out) == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_the_library_cannot_kill_itself():
+    """The kill moments are the test's hook: no module of the package sends a signal to itself."""
+    package = ROOT / "llava_compare"
+    assert not [p for p in package.rglob("*.py") if "signal.SIGKILL" in p.read_text() or "os.kill(" in p.read_text()]

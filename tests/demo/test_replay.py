@@ -7,8 +7,8 @@ import pytest
 
 from llava_compare.data.conversation import ConversationBuilder
 from llava_compare.data.formats import SourceSpec, read_sources
-from llava_compare.eval.user_report import chat
-from llava_compare.train import replay
+from llava_compare.demo import replay
+from llava_compare.demo.user_report import chat
 
 
 def test_replay_keeps_finished_answers_repeats_them_and_is_reused(tiny, tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """The generate-mode report's arithmetic: log-likelihood agreement and one example per task."""
 
-from llava_compare.eval.user_report import agreement, examples
+from llava_compare.demo.user_report import agreement, examples
 
 
 def _rec(i, task, pred, gold=0, parsed=True):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from llava_compare.train.config import compose_config
-from llava_compare.train.main import ensure_synth_data
+from llava_compare.demo.synth_data import ensure_synth_data
 
 
 def _cfg(tmp_path, *overrides):
@@ -34,7 +34,7 @@ def test_same_settings_reuse_changed_settings_regenerate(tmp_path):
 
 def test_other_ranks_wait_for_the_regenerated_data_not_the_stale_one(tmp_path, monkeypatch):
     """Rank 1 must not start on the previous recipe's files while rank 0 regenerates them."""
-    from llava_compare.train import main
+    from llava_compare.demo import synth_data
 
     ensure_synth_data(_cfg(tmp_path))  # data of the old settings
     monkeypatch.setenv("RANK", "1")
@@ -45,7 +45,7 @@ def test_other_ranks_wait_for_the_regenerated_data_not_the_stale_one(tmp_path, m
     def sleep(_):
         raise Waited
 
-    monkeypatch.setattr(main.time, "sleep", sleep)
+    monkeypatch.setattr(synth_data.time, "sleep", sleep)
     ensure_synth_data(_cfg(tmp_path))  # same settings: nothing to wait for
     with pytest.raises(Waited):
         ensure_synth_data(_cfg(tmp_path, "data.synth.n_train=10"))

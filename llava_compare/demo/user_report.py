@@ -4,7 +4,7 @@
   ``llava-compare eval --mode generate`` parses them; free-text tasks by exact match and token F1;
 - option log-likelihood on the same multiple-choice items, and how often the two agree;
 - with ``eval.swap_orders`` N > 0: every item whose options name its images also answered with its
-  images in N other orders (``swaps.py``): accuracy over all orders, swap consistency and the
+  images in N other orders (``eval/swaps.py``): accuracy over all orders, swap consistency and the
   position pick rates against the gold position rates, per task, direction and image count;
 - a few example answers (question, generated answer, gold; the answer in another image order),
   one per task and direction;
@@ -24,10 +24,11 @@ from torch import nn
 
 from ..data.conversation import ConversationBuilder
 from ..data.sample import Message, Sample
-from .metrics import format_summary, is_mc, summarize
-from .scoring import batch_generate, prepare_all
-from .sharded import score_on_all_ranks, world
-from .swaps import score_in_orders, swap_summary
+from ..eval.metrics import format_summary, is_mc, summarize
+from ..eval.scoring import batch_generate, prepare_all
+from ..eval.sharded import score_on_all_ranks
+from ..eval.swaps import score_in_orders, swap_summary
+from ..ranks import rank
 
 
 def prompt_sample(prompt: str, sample_id: str = "chat") -> Sample:
@@ -118,7 +119,7 @@ def user_report(model: nn.Module, processor: Any, builder: ConversationBuilder, 
     """Score ``samples`` both ways, write the outputs, print the report; returns the summary with
     ``agreement``, ``examples`` and ``chat`` added (and ``swap`` with ``swap_orders`` > 0: the
     generated answers in other image orders)."""
-    from .report import write_outputs
+    from ..eval.report import write_outputs
 
     kept, skipped = prepare_all(samples)
     was_training = model.training
@@ -140,7 +141,7 @@ def user_report(model: nn.Module, processor: Any, builder: ConversationBuilder, 
     agree = agreement([g for g in gen if g["id"] in ll_by_id], [ll_by_id[g["id"]] for g in gen if g["id"] in ll_by_id])
     shown = examples(gen, n_examples)
     extra = {"agreement": agree, "examples": shown, "chat": list(chats)}
-    if world()[0] != 0:  # rank 0 writes and prints
+    if rank() != 0:  # rank 0 writes and prints
         return {**summary, **extra}
     write_outputs(out_dir, gen, kept, summary, {**(run_info or {}), "mode": "generate",
                                                  "max_new_tokens": max_new_tokens, "batch_size": batch_size,

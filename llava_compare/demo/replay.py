@@ -1,7 +1,7 @@
 """Text-only replay: the base LLM's own answers to general prompts, mixed into stage 2.
 
 LoRA tuned on comparison answers alone ("Image 2") teaches a small LLM that every answer is a
-short label; the issue-14 prototype then answered "What is the capital of France?" with "France".
+short label: asked "What is the capital of France?", it answers "France".
 Real recipes mix general instruction data in. At demo scale we replay the model's *own* greedy
 answers (generated once, before any LoRA step, by the LLM being tuned): a cheap self-distillation
 that keeps its chat behaviour without any outside data.
@@ -20,8 +20,9 @@ from typing import Any, Sequence
 
 from ..data.conversation import ConversationBuilder
 from ..data.feature_cache import autocast_precision
-from ..eval.user_report import chat
-from .distributed import rank
+from ..ranks import rank
+from ..train.config import REPO_ROOT
+from .user_report import chat
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,6 @@ def replay_from_config(cfg: Any, model: Any, processor: Any, builder: Conversati
     r = cfg.data.replay
     if r is None:
         return None
-    from .config import REPO_ROOT
-
     prompts = Path(r.prompts) if Path(r.prompts).is_file() else REPO_ROOT / r.prompts
     if not prompts.is_file():
         raise FileNotFoundError(f"data.replay.prompts: no prompt file at {r.prompts}")
