@@ -1,5 +1,5 @@
 """``DemoHooks``: the demo's work at the training core's hook points (``train/hooks.py``), each
-step only when its config key asks for it, in the order the run has always done them."""
+part only when its config key asks for it."""
 
 from __future__ import annotations
 

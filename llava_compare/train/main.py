@@ -40,6 +40,7 @@ from .batching import Batching, batching, collator, training_set
 from .distributed import barrier, on_rank0
 from .fsdp import fsdp_enabled, refuse_unsupported, shard
 from .hooks import Hooks, RunContext
+from . import precision
 from .stages import configure_stage
 from .stream_state import StreamStateCallback, resume_stream
 from .trainer import CompareTrainer
@@ -152,11 +153,9 @@ def vision_on_this_gpu(model: Any) -> None:
 
 
 def use_bf16(cfg: DictConfig) -> bool:
-    """``optim.bf16``: null = on where CUDA supports it; true also works on CPU (autocast: bf16
-    matmuls, fp32 weights and optimizer; 2x faster on CPUs with AVX512-BF16/AMX)."""
-    if cfg.optim.bf16 is None:
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(cfg.optim.bf16)
+    """``optim.bf16``: null = where the hardware computes bf16 natively (train/precision.py); true
+    also works on a CPU without it (autocast: bf16 matmuls, fp32 weights and optimizer), slowly."""
+    return precision.auto_bf16() if cfg.optim.bf16 is None else bool(cfg.optim.bf16)
 
 
 def autocast(cfg: DictConfig) -> Any:
@@ -361,6 +360,9 @@ def evaluate_after(cfg: DictConfig, trainer: CompareTrainer, processor: Any, hoo
         result = hooks.evaluate(ctx, model)
         if result is not None:
             return result
+        if cfg.eval.mode != "loglik":  # only a hook evaluates in another mode
+            log.warning("eval.mode=%s: no hook in `hooks` evaluates in that mode; the loglik table follows",
+                        cfg.eval.mode)
         from ..eval.run import evaluate_run
 
         return evaluate_run(cfg, model, processor)

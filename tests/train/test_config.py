@@ -101,14 +101,28 @@ def test_bf16_true_and_false_reach_training_args(value, expected):
     assert cfg.optim.bf16 is expected and training_args(cfg).bf16 is expected
 
 
-def test_bf16_null_is_auto_and_the_default():
-    """``optim.bf16`` unset (null): bf16 exactly where CUDA supports it."""
-    import torch
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_null_is_auto_and_the_default(monkeypatch, native):
+    """``optim.bf16`` unset (null): bf16 exactly where the hardware computes it natively."""
+    from llava_compare.train import precision
 
-    auto = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    monkeypatch.setattr(precision, "auto_bf16", lambda: native)
     for extra in ([], ["optim.bf16=null"]):
         cfg = compose_config(["recipe=tiny_demo_stage1", *extra])
-        assert cfg.optim.bf16 is None and training_args(cfg).bf16 is auto
+        assert cfg.optim.bf16 is None and training_args(cfg).bf16 is native
+
+
+@pytest.mark.parametrize("recipe", ["demo_stage1", "demo_stage2"])
+@pytest.mark.parametrize("flags, bf16", [({"avx2", "fma"}, False), ({"avx512f", "avx512_bf16"}, True)])
+def test_demo_recipes_run_bf16_only_on_cpus_that_compute_it(monkeypatch, recipe, flags, bf16):
+    """On an AVX2-only CPU emulated bf16 is several times slower than fp32: the demo runs fp32 there."""
+    import torch
+
+    from llava_compare.train import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    assert training_args(compose_config([f"recipe={recipe}"])).bf16 is bf16
 
 
 @pytest.mark.parametrize("value", ["auto", "maybe"])
