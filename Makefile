@@ -78,6 +78,7 @@ test-latest:
 # make bench): benchmarks/build_memory.py (build time / peak RSS) and benchmarks/zero3_memory.py
 # (host memory per rank, DDP vs ZeRO-3 under torchrun; `--dry-run` is tested). See BENCHMARKS.md.
 bench: $(STAMP)
+	$(BIN)/python benchmarks/cpu_bf16.py
 	$(BIN)/python benchmarks/throughput.py
 
 # Data at scale, on its own (it takes minutes; BENCHMARKS.md "Data at scale"): a 500K-row
