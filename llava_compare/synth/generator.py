@@ -25,6 +25,7 @@ CLI: ``python -m llava_compare.synth OUT --train 2000 --eval 200 --seed 0``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -322,32 +323,25 @@ def _caption_count(n_train: int, n_captions: int | None) -> int:
     return n_train if n_captions is None else n_captions
 
 
-def settings_mismatch(
-    out_dir: str | Path,
-    n_train: int,
-    n_eval: int,
-    seed: int = 0,
-    image_size: int = 64,
-    n_captions: int | None = None,
-    train_weights: Mapping[str, float] | None = None,
-    tasks: Sequence[str] | None = None,
-    curriculum: Mapping[str, Any] | None = None,
-    directions: Sequence[str] | None = None,
-    config: Difficulty | None = None,
-) -> str | None:
+def settings_mismatch(out_dir: str | Path, *args: Any, **kwargs: Any) -> str | None:
     """None when ``out_dir`` holds what :func:`generate` writes for these arguments (read from its
-    meta.json, which is written last); otherwise why not, in words. The signature mirrors
-    :func:`generate`'s."""
+    meta.json, which is written last); otherwise why not, in words. Takes :func:`generate`'s
+    arguments, bound by its signature (one list of settings and defaults)."""
+    bound = inspect.signature(generate).bind(out_dir, *args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
     meta_file = Path(out_dir) / "meta.json"
     if not meta_file.is_file():
         return f"no {meta_file} yet"
     meta = json.loads(meta_file.read_text())
-    want = {"seed": seed, "image_size": image_size, "train_weights": dict(train_weights) if train_weights else None,
+    weights, tasks, directions = a["train_weights"], a["tasks"], a["directions"]
+    want = {"seed": a["seed"], "image_size": a["image_size"], "train_weights": dict(weights) if weights else None,
             "tasks": list(TASKS if tasks is None else tasks), "version": VERSION,
-            "curriculum": _plain_curriculum(curriculum),
+            "curriculum": _plain_curriculum(a["curriculum"]),
             "directions": list(directions) if directions is not None else None,
-            "config": json.loads(json.dumps(asdict(config or Difficulty()))),
-            "counts": {"train": n_train, "eval": n_eval, "captions": _caption_count(n_train, n_captions)}}
+            "config": json.loads(json.dumps(asdict(a["config"] or Difficulty()))),
+            "counts": {"train": a["n_train"], "eval": a["n_eval"],
+                       "captions": _caption_count(a["n_train"], a["n_captions"])}}
     have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "train_weights": meta.get("train_weights"),
             "tasks": meta.get("tasks"), "version": meta.get("version"), "curriculum": meta.get("curriculum"),
             "directions": meta.get("directions"), "config": meta.get("config"),
