@@ -72,7 +72,8 @@ def demo_data(offline_weights, tmp_path_factory):
 
 def demo_args(root: Path, out: Path, dist: str, with_eval: bool) -> list[str]:
     synth = root / "synth"
-    args = ["recipe=demo_stage2", "init_from=null", f"dist={dist}", f"output_dir={out}", *TWO_STEPS,
+    # optim.bf16=true: the recipe's null picks fp32 on CPUs without native bf16, and bf16 is the mode under test
+    args = ["recipe=demo_stage2", "init_from=null", f"dist={dist}", f"output_dir={out}", *TWO_STEPS, "optim.bf16=true",
             "data.synth=null", f"data.train=[{{path: {synth}/train.json}}]",
             f"data.feature_cache={root / 'features'}"]  # built by the first run, read by the others
     if not with_eval:
