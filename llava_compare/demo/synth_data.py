@@ -27,7 +27,7 @@ def ensure_synth_data(cfg: Any) -> None:
               "train_weights": weights, "tasks": list(synth.tasks) if synth.tasks else None,
               "curriculum": OmegaConf.to_container(synth.curriculum) if synth.curriculum else None,
               "directions": list(synth.directions) if synth.directions is not None else None,
-              "config": difficulty(synth.style)}
+              "mirror": synth.mirror, "config": difficulty(synth.style)}
     why = settings_mismatch(*args, **kwargs) if rank() == 0 else None
     if why:
         log.info("generating synthetic data into %s (%s)", synth.dir, why)

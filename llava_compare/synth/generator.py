@@ -44,7 +44,7 @@ from .caption import make_caption
 from .change import make_change
 from .config import CHANGE_TYPES, DIRECTIONS, MULTI_IMAGE_TASKS, Ctx, Difficulty, MAX_COLLISION_TRIES, MIN_IMAGE_SIZE, TASKS
 from .count import make_count
-from .items import Item, Slot
+from .items import Item, Slot, mc_question
 from .scene import image_hash
 
 #: Bumped whenever the same seed would produce different files, so stale data can be detected.
@@ -257,6 +257,7 @@ def generate(
     train_weights: Mapping[str, float] | None = None,
     curriculum: Mapping[str, Any] | None = None,
     directions: Sequence[str] | None = None,
+    mirror: bool = False,
 ) -> dict[str, Any]:
     """Write the synthetic dataset under ``out_dir`` and return a summary.
 
@@ -267,6 +268,10 @@ def generate(
     task and direction (phase 1), for a
     recipe with ``data.curriculum=true``; the eval split asks every direction.
     ``directions`` limits every split to those directions (None: all).
+    ``mirror`` follows each train item of a two-way 2-image question (brighter / darker, ...) with
+    the same two images asked the other way, answer swapped (:func:`_mirrored`); a curriculum's
+    first phase and a ``directions`` limit that leaves out the other way are not mirrored. The
+    ``n_train`` planned items come first in the count; the mirrored ones are extra.
 
     The summary has ``out_dir``, ``counts`` ({split: {task: n}}), ``images`` ({split: n_png}),
     ``files`` ({"train"|"eval"|"captions"|"meta": path}) and ``redraws`` (eval samples redrawn
@@ -288,14 +293,18 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
 
     # Independent streams: eval content does not depend on n_train, and splits share no draws.
-    seeds = np.random.SeedSequence(seed).spawn(3)
-    train_rng, eval_rng, cap_rng = (np.random.default_rng(s) for s in seeds)
+    # A fourth stream for the mirrored questions: the other splits stay byte-identical with it off.
+    seeds = np.random.SeedSequence(seed).spawn(4)
+    train_rng, eval_rng, cap_rng, mirror_rng = (np.random.default_rng(s) for s in seeds)
     train_slots = _plan_train(n_train, tasks, cfg, train_rng, train_weights, curriculum, directions)
     train, train_h, _ = _generate_split(out, "train", train_slots, ctx, train_rng, set())
     if curriculum:
         first = round(n_train * curriculum["share"])
         for i, rec in enumerate(train):
             rec[PHASE_KEY] = 0 if i < first else 1
+    mirrored = 0
+    if mirror:
+        train, mirrored = _with_mirrors(train, mirror_rng, directions)
     cap_slots = [Slot("caption", 1)] * n_captions
     captions, cap_h, _ = _generate_split(out, "captions", cap_slots, ctx, cap_rng, set())
     # Eval last, checked against everything a model may have been trained on.
@@ -310,7 +319,41 @@ def generate(
         meta["curriculum"] = _plain_curriculum(curriculum)
     if directions is not None:
         meta["directions"] = list(directions)
+    if mirror:
+        meta["mirrored"] = mirrored
     return _write_outputs(out, splits, meta, redraws)
+
+
+def _other_direction(task: str, direction: str) -> str | None:
+    """The opposite way of asking a two-way question (brighter -> darker); None for one-way ones."""
+    others = [d for d in DIRECTIONS.get(task, {}) if d != direction]
+    return others[0] if len(others) == 1 else None
+
+
+def _mirrored(rec: dict[str, Any], direction: str, rng: np.random.Generator) -> dict[str, Any]:
+    """``rec``'s two images asked ``direction`` instead: a question of that direction, the other
+    image as the answer. The pair differs only in the question, so the answer can only be learned
+    from the direction word (a model that answers by the property alone gets one of the two wrong)."""
+    answer = next(o for o in rec["options"] if o != rec["answer"])
+    question = mc_question(rng, direction, 2)
+    human = IMAGE_PLACEHOLDER + "\n"
+    return rec | {"id": rec["id"] + "-mirror", "answer": answer, "direction": direction,
+                  "conversations": [{"from": "human", "value": human * 2 + question},
+                                    {"from": "gpt", "value": answer}]}
+
+
+def _with_mirrors(train: list[dict[str, Any]], rng: np.random.Generator,
+                  directions: Sequence[str] | None) -> tuple[list[dict[str, Any]], int]:
+    """``train`` with each two-way 2-image record followed by its mirror (not in a curriculum's
+    first phase, which asks one way on purpose, nor into a direction ``directions`` leaves out)."""
+    out: list[dict[str, Any]] = []
+    for rec in train:
+        out.append(rec)
+        other = _other_direction(rec["task"], rec.get("direction") or "")
+        if (other is not None and len(rec["image"]) == 2 and rec.get(PHASE_KEY) != 0
+                and (directions is None or other in directions)):
+            out.append(_mirrored(rec, other, rng))
+    return out, len(out) - len(train)
 
 
 def _plain_curriculum(curriculum: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -339,13 +382,15 @@ def settings_mismatch(out_dir: str | Path, *args: Any, **kwargs: Any) -> str | N
             "tasks": list(TASKS if tasks is None else tasks), "version": VERSION,
             "curriculum": _plain_curriculum(a["curriculum"]),
             "directions": list(directions) if directions is not None else None,
+            "mirror": bool(a["mirror"]),
             "config": json.loads(json.dumps(asdict(a["config"] or Difficulty()))),
             "counts": {"train": a["n_train"], "eval": a["n_eval"],
                        "captions": _caption_count(a["n_train"], a["n_captions"])}}
     have = {"seed": meta.get("seed"), "image_size": meta.get("image_size"), "train_weights": meta.get("train_weights"),
             "tasks": meta.get("tasks"), "version": meta.get("version"), "curriculum": meta.get("curriculum"),
-            "directions": meta.get("directions"), "config": meta.get("config"),
-            "counts": {split: sum(c.values()) for split, c in meta.get("counts", {}).items()}}
+            "directions": meta.get("directions"), "mirror": "mirrored" in meta, "config": meta.get("config"),
+            "counts": {split: sum(c.values()) - (meta.get("mirrored", 0) if split == "train" else 0)
+                       for split, c in meta.get("counts", {}).items()}}
     return None if have == want else f"it was made with {have}, not {want}"
 
 

@@ -100,6 +100,9 @@ class SynthConfig:
     style: str = "photo"
     # The directions asked in every split (e.g. [brighter, blurrier, more]); None: all.
     directions: Optional[list[str]] = None
+    # Each train item of a two-way 2-image question also asked the other way, same images
+    # (synth.generate's `mirror`): the pair can only be told apart by the question's direction.
+    mirror: bool = False
 
 
 @dataclass

@@ -469,3 +469,44 @@ def test_flat_style_and_directions_give_the_demo_data(tmp_path):
         generate(tmp_path / "x", 4, 0, n_captions=0, tasks=["count"], directions=["brighter"])
     with pytest.raises(ValueError, match="unknown synth style"):
         difficulty("oil")
+
+
+def test_mirror_asks_each_two_way_pair_the_other_way_with_the_answer_swapped(tmp_path):
+    """With ``mirror``, every 2-image brightness/blur/count train item is followed by the same two
+    images asked the other way round, the other image as the answer; multi-image and change items
+    and the eval split are left alone, and the planned items stay byte-identical to a run without."""
+    tasks = ["brightness", "blur", "count", "change", "sharpest"]
+    generate(tmp_path / "plain", 40, 10, n_captions=0, tasks=tasks)
+    generate(tmp_path / "m", 40, 10, n_captions=0, tasks=tasks, mirror=True)
+    plain = json.loads((tmp_path / "plain" / "train.json").read_text())
+    train = json.loads((tmp_path / "m" / "train.json").read_text())
+    assert [r for r in train if not r["id"].endswith("-mirror")] == plain
+    two_way = [r for r in plain if r["task"] in ("brightness", "blur", "count")]
+    mirrors = {r["id"]: r for r in train if r["id"].endswith("-mirror")}
+    assert len(mirrors) == len(two_way) == 24
+    for rec in two_way:
+        m = mirrors[rec["id"] + "-mirror"]
+        assert m["image"] == rec["image"] and m["answer"] != rec["answer"] and m["answer"] in rec["options"]
+        assert {m["direction"], rec["direction"]} == set(DIRECTIONS[rec["task"]])
+        assert m["conversations"][1]["value"] == m["answer"]
+        assert m["conversations"][0]["value"].startswith("<image>\n<image>\n")
+        assert m["conversations"][0]["value"] != rec["conversations"][0]["value"]
+        assert train[train.index(rec) + 1] == m
+    assert (tmp_path / "m" / "eval.json").read_bytes() == (tmp_path / "plain" / "eval.json").read_bytes()
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["mirrored"] == 24 and sum(meta["counts"]["train"].values()) == 64
+    assert synthetic.settings_mismatch(tmp_path / "m", 40, 10, n_captions=0, tasks=tasks, mirror=True) is None
+    assert "mirror" in synthetic.settings_mismatch(tmp_path / "m", 40, 10, n_captions=0, tasks=tasks)
+    assert "mirror" in synthetic.settings_mismatch(tmp_path / "plain", 40, 10, n_captions=0, tasks=tasks, mirror=True)
+
+
+def test_mirror_leaves_a_curriculums_one_way_phase_and_left_out_directions_alone(tmp_path):
+    tasks = ["brightness", "count"]
+    generate(tmp_path / "c", 40, 0, n_captions=0, tasks=tasks, curriculum=CURRICULUM, mirror=True)
+    train = json.loads((tmp_path / "c" / "train.json").read_text())
+    mirrors = [r for r in train if r["id"].endswith("-mirror")]
+    assert len(mirrors) == 20 and {r["curriculum_phase"] for r in mirrors} == {1}
+    assert {r["direction"] for r in train if r["curriculum_phase"] == 0} <= set(CURRICULUM["directions"])
+    generate(tmp_path / "d", 20, 0, n_captions=0, tasks=tasks, directions=["brighter", "more", "fewer"], mirror=True)
+    train = json.loads((tmp_path / "d" / "train.json").read_text())
+    assert {r["task"] for r in train if r["id"].endswith("-mirror")} == {"count"}
