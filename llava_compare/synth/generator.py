@@ -143,15 +143,17 @@ def _first_phase_tasks(tasks: Sequence[str], directions: Sequence[str]) -> list[
     return [t for t in tasks if set(DIRECTIONS.get(t, ())) & set(directions)]
 
 
+def _conversations(n_images: int, question: str, answer: str) -> list[dict[str, str]]:
+    """One placeholder line per image, then the question; the answer as the model's turn."""
+    return [{"from": "human", "value": (IMAGE_PLACEHOLDER + "\n") * n_images + question},
+            {"from": "gpt", "value": answer}]
+
+
 def _record(split: str, index: int, item: Item, task: str, paths: list[str]) -> dict[str, Any]:
-    human = IMAGE_PLACEHOLDER + "\n"
     return {
         "id": f"{split}-{index:06d}",
         "image": paths,
-        "conversations": [
-            {"from": "human", "value": human * len(paths) + item.question},
-            {"from": "gpt", "value": item.answer},
-        ],
+        "conversations": _conversations(len(paths), item.question, item.answer),
         "task": task,
         "options": item.options,
         "answer": item.answer,
@@ -335,11 +337,8 @@ def _mirrored(rec: dict[str, Any], direction: str, rng: np.random.Generator) -> 
     image as the answer. The pair differs only in the question, so the answer can only be learned
     from the direction word (a model that answers by the property alone gets one of the two wrong)."""
     answer = next(o for o in rec["options"] if o != rec["answer"])
-    question = mc_question(rng, direction, 2)
-    human = IMAGE_PLACEHOLDER + "\n"
     return rec | {"id": rec["id"] + "-mirror", "answer": answer, "direction": direction,
-                  "conversations": [{"from": "human", "value": human * 2 + question},
-                                    {"from": "gpt", "value": answer}]}
+                  "conversations": _conversations(2, mc_question(rng, direction, 2), answer)}
 
 
 def _with_mirrors(train: list[dict[str, Any]], rng: np.random.Generator,
@@ -350,8 +349,8 @@ def _with_mirrors(train: list[dict[str, Any]], rng: np.random.Generator,
     for rec in train:
         out.append(rec)
         other = _other_direction(rec["task"], rec.get("direction") or "")
-        if (other is not None and len(rec["image"]) == 2 and rec.get(PHASE_KEY) != 0
-                and (directions is None or other in directions)):
+        # Only the 2-image tasks are asked two ways (config.DIRECTIONS), so `other` implies 2 images.
+        if other is not None and rec.get(PHASE_KEY) != 0 and (directions is None or other in directions):
             out.append(_mirrored(rec, other, rng))
     return out, len(out) - len(train)
 
@@ -404,7 +403,8 @@ def _write_outputs(
     summary = {
         "out_dir": str(out),
         "counts": {name: _task_counts(records) for name, records in splits.items()},
-        "images": {name: sum(len(r["image"]) for r in records) for name, records in splits.items()},
+        # PNG files, not references: a mirrored record reuses its original's two files.
+        "images": {name: len({p for r in records for p in r["image"]}) for name, records in splits.items()},
         "files": {k: str(v) for k, v in files.items()},
         "redraws": redraws,
     }

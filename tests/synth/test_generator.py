@@ -495,6 +495,7 @@ def test_mirror_asks_each_two_way_pair_the_other_way_with_the_answer_swapped(tmp
     assert (tmp_path / "m" / "eval.json").read_bytes() == (tmp_path / "plain" / "eval.json").read_bytes()
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert meta["mirrored"] == 24 and sum(meta["counts"]["train"].values()) == 64
+    assert meta["images"]["train"] == len(list((tmp_path / "m" / "images" / "train").glob("*.png")))
     assert synthetic.settings_mismatch(tmp_path / "m", 40, 10, n_captions=0, tasks=tasks, mirror=True) is None
     assert "mirror" in synthetic.settings_mismatch(tmp_path / "m", 40, 10, n_captions=0, tasks=tasks)
     assert "mirror" in synthetic.settings_mismatch(tmp_path / "plain", 40, 10, n_captions=0, tasks=tasks, mirror=True)
